@@ -1,0 +1,32 @@
+"""From averaged query logits to a class label map.
+
+The official order is: ``prob = softmax(logit_scale * L)`` over all Q queries, ``prob_c = max`` over the
+queries of class c, ``argmax_c``, then ``pred = 0`` where ``max_c prob_c < prob_thd``. Because the max of
+per-class maxima is the max over queries, and softmax is monotonic, this equals taking the class of the
+best query, with ``max prob = exp(s*L_max - logsumexp(s*L))``. No Q x C x H x W one-hot product and no
+Q x H x W softmax is materialised.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def logits_to_labels(
+    logits: torch.Tensor, query_to_class: torch.Tensor, logit_scale: float = 40.0, prob_thd: float = 0.0
+) -> torch.Tensor:
+    """Label map from query logits.
+
+    Args:
+        logits: [Q, H, W] averaged raw cosine logits.
+        query_to_class: LongTensor [Q], non-decreasing class index of each query.
+        prob_thd: pixels whose best class probability is below it become class 0.
+    Returns:
+        LongTensor [H, W] with values in [0, C).
+    """
+    scaled = logits.float() * logit_scale
+    best_logit, best_query = scaled.max(dim=0)
+    labels = query_to_class.to(best_query.device)[best_query]
+    if prob_thd > 0:
+        max_prob = torch.exp(best_logit - torch.logsumexp(scaled, dim=0))
+        labels = labels.masked_fill(max_prob < prob_thd, 0)
+    return labels

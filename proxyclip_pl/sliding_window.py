@@ -1,0 +1,88 @@
+"""Overlapping sliding-window inference with a count matrix (MMSegmentation's ``slide`` mode).
+
+Windows start every ``stride`` pixels; the last row/column of windows is shifted back to end at the
+border, so overlaps are uneven and the count matrix is what makes the average right. Raw cosine logits
+are averaged, before any scaling or softmax.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Box = tuple[int, int, int, int]  # y1, y2, x1, x2 (end-exclusive)
+
+#: Windows whose side is not a multiple of this are padded (symmetrically) before encoding.
+PAD_MULTIPLE = 56
+
+
+def num_windows_along(length: int, crop: int, stride: int) -> int:
+    """Number of window positions along one axis: ``max(length - crop + stride - 1, 0) // stride + 1``."""
+    return max(length - crop + stride - 1, 0) // stride + 1
+
+
+def window_grid(height: int, width: int, crop: int, stride: int) -> list[Box]:
+    """All windows of a ``height x width`` image, row-major; each is ``min(crop, side)`` long per axis."""
+    boxes = []
+    for i in range(num_windows_along(height, crop, stride)):
+        for j in range(num_windows_along(width, crop, stride)):
+            y2, x2 = min(i * stride + crop, height), min(j * stride + crop, width)
+            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return boxes
+
+
+def window_counts(height: int, width: int, boxes: list[Box]) -> torch.Tensor:
+    """[height, width] float32: how many windows cover each pixel (>= 1 everywhere for a full grid)."""
+    count = torch.zeros(height, width)
+    for y1, y2, x1, x2 in boxes:
+        count[y1:y2, x1:x2] += 1
+    if count.min() < 1:
+        raise RuntimeError("sliding-window grid leaves pixels uncovered")
+    return count
+
+
+def symmetric_padding(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int, int, int]:
+    """``F.pad`` amounts (left, right, top, bottom) that bring both sides up to a multiple of ``multiple``."""
+    pad_h, pad_w = -height % multiple, -width % multiple
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
+def sliding_window_logits(
+    image: torch.Tensor,
+    crop_logits: Callable[[torch.Tensor], torch.Tensor],
+    num_queries: int,
+    crop: int,
+    stride: int,
+    window_batch_size: int,
+    pad_value: tuple[float, float, float],
+) -> torch.Tensor:
+    """Average the window logits of one image.
+
+    Args:
+        image: [1, 3, H, W] RGB in [0, 1] (already resized).
+        crop_logits: [b, 3, h, w] -> [b, Q, h, w] raw cosine logits of b windows.
+        window_batch_size: windows per ``crop_logits`` call (bounds memory; results do not depend on it).
+        pad_value: RGB fill in [0, 1] for windows padded to a multiple of 56 (the CLIP mean, i.e. zero
+            after CLIP normalisation).
+    Returns:
+        [1, Q, H, W] float32 averaged logits.
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected one image [1, 3, H, W], got {tuple(image.shape)}")
+    height, width = image.shape[-2:]
+    boxes = window_grid(height, width, crop, stride)
+    win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    left, right, top, bottom = pad = symmetric_padding(win_h, win_w)
+    fill = torch.tensor(pad_value, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    preds = torch.zeros(num_queries, height, width, device=image.device, dtype=torch.float32)
+    for start in range(0, len(boxes), window_batch_size):
+        chunk = boxes[start:start + window_batch_size]
+        crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+        if any(pad):
+            crops = F.pad(crops - fill, pad) + fill
+        logits = crop_logits(crops)[..., top:top + win_h, left:left + win_w]
+        for (y1, y2, x1, x2), window in zip(chunk, logits):
+            preds[:, y1:y2, x1:x2] += window.float()
+    count = window_counts(height, width, boxes).to(preds.device)
+    return (preds / count)[None]
