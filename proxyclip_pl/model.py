@@ -199,13 +199,13 @@ class ProxyCLIP(nn.Module):
         Args:
             crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
         Returns:
-            [B, Q, h, w] float32 cosine similarities in [-1, 1], bilinearly upsampled from the feature grid.
+            [B, Q, h, w] cosine similarities (dtype of the text embeddings, float32 by default) in [-1, 1], bilinearly upsampled from the feature grid.
         """
         if crops.dim() != 4 or crops.shape[1] != 3:
             raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
         crops = crops.to(self.device)
         embeddings, grid = self.dense_embeddings(crops)
-        embeddings = F.normalize(embeddings.float(), dim=-1)
+        embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
         logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
         logits = logits.reshape(crops.shape[0], -1, *grid)
         return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 
 def cosine_similarity_matrix(features: torch.Tensor) -> torch.Tensor:
-    """[B, N, C] tokens -> [B, N, N] cosine similarities (computed in fp32)."""
-    f = F.normalize(features.float(), dim=-1)
+    """[B, N, C] tokens -> [B, N, N] cosine similarities (computed in at least fp32)."""
+    f = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
     return f @ f.transpose(1, 2)
 
 
