@@ -1,0 +1,71 @@
+"""One thin LightningDataModule subclass per benchmark, and ``build_datamodule``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from .base import SegmentationDataModule
+from .presets import BENCHMARKS, BenchmarkPreset
+
+
+class VOC21DataModule(SegmentationDataModule):
+    preset = BENCHMARKS["voc21"]
+
+
+class VOC20DataModule(SegmentationDataModule):
+    preset = BENCHMARKS["voc20"]
+
+
+class Context60DataModule(SegmentationDataModule):
+    preset = BENCHMARKS["context60"]
+
+
+class Context59DataModule(SegmentationDataModule):
+    preset = BENCHMARKS["context59"]
+
+
+class COCOObjectDataModule(SegmentationDataModule):
+    preset = BENCHMARKS["coco_object"]
+
+
+class COCOStuffDataModule(SegmentationDataModule):
+    preset = BENCHMARKS["coco_stuff"]
+
+
+class CityscapesDataModule(SegmentationDataModule):
+    preset = BENCHMARKS["cityscapes"]
+
+
+class ADE20KDataModule(SegmentationDataModule):
+    preset = BENCHMARKS["ade20k"]
+
+
+DATAMODULES: dict[str, type[SegmentationDataModule]] = {
+    cls.preset.key: cls
+    for cls in (VOC21DataModule, VOC20DataModule, Context60DataModule, Context59DataModule,
+                COCOObjectDataModule, COCOStuffDataModule, CityscapesDataModule, ADE20KDataModule)
+}
+
+_DM_KWARGS = {"pin_memory", "long_cap"}
+_PRESET_FIELDS = {f.name for f in dataclasses.fields(BenchmarkPreset)} - {"key"}
+
+
+def build_datamodule(name: str, data_root: str | os.PathLike | None = None, batch_size: int = 1,
+                     num_workers: int = 2, **overrides: Any) -> SegmentationDataModule:
+    """Datamodule for benchmark ``name`` (a key of ``BENCHMARKS``).
+
+    ``overrides`` may hold datamodule options (``pin_memory``, ``long_cap``) or preset
+    fields to change (e.g. ``short_side=448``), which yields a modified frozen preset.
+    """
+    if name not in DATAMODULES:
+        raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    dm_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in _DM_KWARGS}
+    unknown = set(overrides) - _PRESET_FIELDS
+    if unknown:
+        raise TypeError(f"unknown option(s) for build_datamodule: {sorted(unknown)}; "
+                        f"accepted: {sorted(_DM_KWARGS | _PRESET_FIELDS)}")
+    cls = DATAMODULES[name]
+    preset = dataclasses.replace(cls.preset, **overrides) if overrides else None
+    return cls(preset=preset, data_root=data_root, batch_size=batch_size, num_workers=num_workers, **dm_kwargs)

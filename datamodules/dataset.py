@@ -1,0 +1,146 @@
+"""Map-style test dataset over one benchmark's standard layout.
+
+A sample is a dict::
+
+    image     uint8 RGB tensor [3, h, w] after the test resize (EXIF orientation applied)
+    label     int64 tensor [H0, W0] at original resolution, values in [0, C) or 255
+    id        str, file stem without the benchmark's suffix
+    ori_size  (H0, W0)
+    index     int, position in the dataset (used by the metric's uniqueness check)
+    path      str, image path
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import DataFileError, read_image, read_label
+from .presets import BenchmarkPreset
+from .transforms import IGNORE_INDEX, build_test_transform, label_lut
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The benchmark's folder layout is missing or malformed; the message says how to fix it."""
+
+
+def _layout_error(preset: BenchmarkPreset, root: Path, what: str) -> DatasetLayoutError:
+    return DatasetLayoutError(
+        f"[{preset.key}] {what}\n  data_root: {root}\n"
+        f"  Prepare the dataset with:\n    {preset.prepare_command}\n"
+        f"  (official download: {preset.download_hint}; see docs/datasets.md)"
+    )
+
+
+def build_sample_list(preset: BenchmarkPreset, root: Path) -> list[tuple[str, Path, Path]]:
+    """(id, image path, label path) in protocol order; checks folders and the split file only.
+
+    With a split file: its line order.  Otherwise: the image folder listed recursively,
+    files ending with the image suffix, sorted by full path string.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise _layout_error(preset, root, f"data root does not exist: {root}")
+    img_dir, ann_dir = root / preset.img_dir, root / preset.ann_dir
+    for d in (img_dir, ann_dir):
+        if not d.is_dir():
+            raise _layout_error(preset, root, f"missing folder: {d}")
+    samples: list[tuple[str, Path, Path]] = []
+    if preset.split_file is not None:
+        split = root / preset.split_file
+        if not split.is_file():
+            raise _layout_error(preset, root, f"missing split file: {split}")
+        for lineno, line in enumerate(split.read_text().splitlines(), 1):
+            sid = line.strip()
+            if not sid:
+                continue
+            if any(c.isspace() for c in sid) or "/" in sid:
+                raise _layout_error(preset, root, f"malformed line {lineno} in split file {split}: {line!r}")
+            samples.append((sid, img_dir / f"{sid}{preset.img_suffix}", ann_dir / f"{sid}{preset.seg_suffix}"))
+    else:
+        paths = []
+        for dirpath, _dirs, files in os.walk(img_dir, followlinks=True):
+            for name in files:
+                if name.endswith(preset.img_suffix):
+                    paths.append(os.path.join(dirpath, name))
+        for p in sorted(paths):
+            rel = os.path.relpath(p, img_dir)[: -len(preset.img_suffix)]
+            samples.append((os.path.basename(rel), Path(p), ann_dir / f"{rel}{preset.seg_suffix}"))
+    return samples
+
+
+class SegmentationTestDataset(Dataset):
+    """Test split of one benchmark; see the module docstring for the sample format."""
+
+    def __init__(self, preset: BenchmarkPreset, root: str | os.PathLike,
+                 transform: Callable[..., dict] | None = None,
+                 samples: list[tuple[str, Path, Path]] | None = None) -> None:
+        self.preset = preset
+        self.root = Path(root)
+        self.samples = samples if samples is not None else build_sample_list(preset, self.root)
+        self.transform = transform if transform is not None else build_test_transform(preset.short_side)
+        self._lut = label_lut(preset.reduce_zero_label)
+        # valid[v] says whether transformed value v may appear: [0, C) ∪ {255}.
+        self._valid = np.zeros(256, dtype=bool)
+        self._valid[: preset.num_classes] = True
+        self._valid[IGNORE_INDEX] = True
+        self._warned_ignore = False
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s[0] for s in self.samples]
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Transformed uint8 label (H0, W0) of sample ``index``, validated against [0, C) ∪ {255}."""
+        _sid, _img, ann = self.samples[index]
+        label = self._lut[read_label(ann)]
+        counts = np.bincount(label.ravel(), minlength=256)
+        present = counts > 0
+        bad = np.flatnonzero(present & ~self._valid)
+        if bad.size:
+            raise DataFileError(
+                f"label file {ann} has values {bad.tolist()} outside [0, {self.preset.num_classes}) ∪ {{255}} "
+                f"after the {self.preset.key} label transform; was it converted with "
+                f"`{self.preset.prepare_command}`?"
+            )
+        if present[IGNORE_INDEX] and not self.preset.has_ignore and not self._warned_ignore:
+            self._warned_ignore = True
+            warnings.warn(f"label file {ann} contains 255, which {self.preset.key} never uses "
+                          "(it has no ignore pixels); check the conversion.", stacklevel=2)
+        return label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.samples):
+            raise IndexError(index)
+        sid, img_path, _ann = self.samples[index]
+        image = read_image(img_path)
+        label = self.load_label(index)
+        if image.shape[:2] != label.shape:
+            raise DataFileError(
+                f"image {img_path} is {image.shape[1]}x{image.shape[0]} (after EXIF orientation) but its "
+                f"label {_ann} is {label.shape[1]}x{label.shape[0]}"
+            )
+        ori_size = (int(label.shape[0]), int(label.shape[1]))
+        image = self.transform(image=image)["image"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "label": torch.from_numpy(label.astype(np.int64)),
+            "id": sid,
+            "ori_size": ori_size,
+            "index": index,
+            "path": str(img_path),
+        }
+
+
+def list_collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep a batch as the list of sample dicts (images differ in size)."""
+    return list(batch)

@@ -1,0 +1,199 @@
+"""Frozen per-benchmark presets: class names, layout, label transform and test settings.
+
+Values follow benchmarks.md §1/§3 and method.md §10.  Class names are spelled as
+MMSegmentation's dataset classes spell them (identity is the *index*, never the name;
+ADE20K index 7 is ``'bed '`` with a trailing space on purpose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
+
+VOC20_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+CONTEXT59_CLASSES = (
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
+    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
+    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
+    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves",
+    "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train", "tree", "truck",
+    "tvmonitor", "wall", "water", "window", "wood",
+)
+
+COCO_THING_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+)
+
+COCO_STUFF_ONLY_CLASSES = (
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
+    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds",
+    "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence",
+    "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower",
+    "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other",
+    "hill", "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain",
+    "mud", "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic",
+    "platform", "playingfield", "railing", "railroad", "river", "road", "rock", "roof",
+    "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
+    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent",
+    "textile-other", "towel", "tree", "vegetable", "wall-brick", "wall-concrete",
+    "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood", "water-other",
+    "waterdrops", "window-blind", "window-other", "wood",
+)
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+    "bus", "train", "motorcycle", "bicycle",
+)
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed ", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea",
+    "mirror", "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe",
+    "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace",
+    "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table",
+    "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind",
+    "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine",
+    "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
+    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel",
+    "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike",
+    "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave", "pot",
+    "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
+    "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
+
+PREPARE_SCRIPT = "python scripts/prepare_data.py"
+
+
+@dataclass(frozen=True)
+class BenchmarkPreset:
+    """Everything that defines one benchmark's test protocol.
+
+    Label values seen by a model are ``lut[raw]`` where the LUT is identity or
+    reduce-zero-label (0 -> 255, v -> v-1, 255 -> 255); valid values are ``[0, C) ∪ {255}``.
+    """
+
+    key: str
+    class_names: tuple[str, ...]
+    sub_path: str  # standard location under the data dir, e.g. "VOCdevkit/VOC2012"
+    img_dir: str
+    ann_dir: str
+    img_suffix: str
+    seg_suffix: str
+    split_file: str | None  # relative to the data root; None -> sorted recursive listing
+    reduce_zero_label: bool
+    expected_num_images: int
+    short_side: int  # test-time short side S (long side capped at 2048)
+    crop_size: int
+    stride: int
+    prob_thd: float
+    background: bool  # class 0 is a scored background class
+    has_ignore: bool  # whether 255 legitimately occurs in the transformed labels
+    prepare_key: str  # sub-command of scripts/prepare_data.py
+    download_hint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def vocabulary_file(self) -> Path:
+        """Query vocabulary (one class per line, synonyms separated by '; ')."""
+        return VOCAB_DIR / f"{self.key}.txt"
+
+    @property
+    def ignore_index(self) -> int:
+        return 255
+
+    @property
+    def prepare_command(self) -> str:
+        return f"{PREPARE_SCRIPT} {self.prepare_key} --src <extracted download> --dst <data>/{self.sub_path}"
+
+
+def _voc(key: str, classes: tuple[str, ...], reduce: bool, thd: float) -> BenchmarkPreset:
+    return BenchmarkPreset(
+        key=key, class_names=classes, sub_path="VOCdevkit/VOC2012",
+        img_dir="JPEGImages", ann_dir="SegmentationClass", img_suffix=".jpg", seg_suffix=".png",
+        split_file="ImageSets/Segmentation/val.txt", reduce_zero_label=reduce,
+        expected_num_images=1449, short_side=336, crop_size=336, stride=112, prob_thd=thd,
+        background=not reduce, has_ignore=True, prepare_key="voc",
+        download_hint="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    )
+
+
+def _context(key: str, classes: tuple[str, ...], reduce: bool, thd: float) -> BenchmarkPreset:
+    return BenchmarkPreset(
+        key=key, class_names=classes, sub_path="VOCdevkit/VOC2010",
+        img_dir="JPEGImages", ann_dir="SegmentationClassContext", img_suffix=".jpg",
+        seg_suffix=".png", split_file="ImageSets/SegmentationContext/val.txt",
+        reduce_zero_label=reduce, expected_num_images=5105, short_side=336, crop_size=336,
+        stride=112, prob_thd=thd, background=not reduce, has_ignore=reduce,
+        prepare_key="context",
+        download_hint="VOCtrainval_03-May-2010.tar + trainval_merged.json (PASCAL in Detail)",
+    )
+
+
+def _coco(key: str, classes: tuple[str, ...], suffix: str, thd: float, bg: bool) -> BenchmarkPreset:
+    return BenchmarkPreset(
+        key=key, class_names=classes, sub_path="coco_stuff164k",
+        img_dir="images/val2017", ann_dir="annotations/val2017", img_suffix=".jpg",
+        seg_suffix=suffix, split_file=None, reduce_zero_label=False, expected_num_images=5000,
+        short_side=336, crop_size=336, stride=112, prob_thd=thd, background=bg,
+        has_ignore=not bg, prepare_key=key,
+        download_hint="val2017.zip + stuffthingmaps_trainval2017.zip (COCO-Stuff-164k)",
+    )
+
+
+BENCHMARKS: dict[str, BenchmarkPreset] = {
+    "voc21": _voc("voc21", ("background",) + VOC20_CLASSES, reduce=False, thd=0.2),
+    "voc20": _voc("voc20", VOC20_CLASSES, reduce=True, thd=0.0),
+    "context60": _context("context60", ("background",) + CONTEXT59_CLASSES, reduce=False, thd=0.15),
+    "context59": _context("context59", CONTEXT59_CLASSES, reduce=True, thd=0.0),
+    "coco_object": _coco("coco_object", ("background",) + COCO_THING_CLASSES,
+                         "_instanceTrainIds.png", thd=0.25, bg=True),
+    "coco_stuff": _coco("coco_stuff", COCO_THING_CLASSES + COCO_STUFF_ONLY_CLASSES,
+                        "_labelTrainIds.png", thd=0.0, bg=False),
+    "cityscapes": BenchmarkPreset(
+        key="cityscapes", class_names=CITYSCAPES_CLASSES, sub_path="cityscapes",
+        img_dir="leftImg8bit/val", ann_dir="gtFine/val", img_suffix="_leftImg8bit.png",
+        seg_suffix="_gtFine_labelTrainIds.png", split_file=None, reduce_zero_label=False,
+        expected_num_images=500, short_side=448, crop_size=224, stride=112, prob_thd=0.0,
+        background=False, has_ignore=True, prepare_key="cityscapes",
+        download_hint="leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip "
+        "(https://www.cityscapes-dataset.com/downloads/, login required)",
+    ),
+    "ade20k": BenchmarkPreset(
+        key="ade20k", class_names=ADE20K_CLASSES, sub_path="ade/ADEChallengeData2016",
+        img_dir="images/validation", ann_dir="annotations/validation", img_suffix=".jpg",
+        seg_suffix=".png", split_file=None, reduce_zero_label=True, expected_num_images=2000,
+        short_side=448, crop_size=336, stride=112, prob_thd=0.0, background=False,
+        has_ignore=True, prepare_key="ade20k",
+        download_hint="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+    ),
+}
+
+assert all(len(p.class_names) == n for p, n in zip(BENCHMARKS.values(), (21, 20, 60, 59, 81, 171, 19, 150)))

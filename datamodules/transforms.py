@@ -1,0 +1,74 @@
+"""Test-time transforms: the mmcv short-side rescale rule and the label LUTs.
+
+Resize rule (method.md §4): ``sf = min(long_cap / max(h, w), short_side / min(h, w))``,
+new size ``int(x * sf + 0.5)``, OpenCV ``INTER_LINEAR`` on uint8; upscaling included.
+Labels are never resized.
+"""
+
+from __future__ import annotations
+
+import os
+
+# albumentations pings PyPI on import unless told not to; evaluation must never touch the network.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+IGNORE_INDEX = 255
+
+
+def rescale_size(height: int, width: int, short_side: int, long_cap: int = 2048) -> tuple[int, int]:
+    """Target (new_h, new_w) of the mmcv ``imrescale`` rule with scale (long_cap, short_side)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"invalid image size {height}x{width}")
+    sf = min(long_cap / max(height, width), short_side / min(height, width))
+    new_h = max(1, int(height * float(sf) + 0.5))
+    new_w = max(1, int(width * float(sf) + 0.5))
+    return new_h, new_w
+
+
+def resize_short_side(image: np.ndarray, short_side: int, long_cap: int = 2048) -> np.ndarray:
+    """Resize uint8 (H, W, 3) so the short side is ``short_side`` (long side <= ``long_cap``)."""
+    h, w = image.shape[:2]
+    new_h, new_w = rescale_size(h, w, short_side, long_cap)
+    if (new_h, new_w) == (h, w):
+        return image
+    # cv2 takes (width, height); INTER_LINEAR on uint8 reproduces mmcv bit for bit.
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+
+class ResizeShortSide(A.ImageOnlyTransform):
+    """albumentations transform applying :func:`resize_short_side` to the image only."""
+
+    def __init__(self, short_side: int, long_cap: int = 2048, p: float = 1.0):
+        super().__init__(p=p)
+        self.short_side = int(short_side)
+        self.long_cap = int(long_cap)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return resize_short_side(img, self.short_side, self.long_cap)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("short_side", "long_cap")
+
+
+def build_test_transform(short_side: int, long_cap: int = 2048) -> A.Compose:
+    """Image-only test pipeline; masks are deliberately not passed through it."""
+    return A.Compose([ResizeShortSide(short_side, long_cap, p=1.0)])
+
+
+def label_lut(reduce_zero_label: bool) -> np.ndarray:
+    """256-entry uint8 LUT: identity, or reduce-zero-label (0->255, v->v-1, 255->255)."""
+    lut = np.arange(256, dtype=np.uint8)
+    if reduce_zero_label:
+        lut[0] = IGNORE_INDEX
+        lut[1:255] = np.arange(0, 254, dtype=np.uint8)
+        lut[255] = IGNORE_INDEX
+    return lut
+
+
+def apply_label_transform(label: np.ndarray, reduce_zero_label: bool) -> np.ndarray:
+    """Apply the load-time label transform once, on uint8 (H, W)."""
+    return label_lut(reduce_zero_label)[label]

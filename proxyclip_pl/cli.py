@@ -1,0 +1,48 @@
+"""Command-line plumbing shared by ``scripts/segment.py`` and ``scripts/test.py``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+from .factory import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags both scripts share (defaults: the paper's ViT-B/16 OpenAI + DINO ViT-B/8)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--clip", default=DEFAULT_CLIP, help="open_clip model name or model-config JSON (default: %(default)s)")
+    g.add_argument("--clip-weights", default=None, help="pretrained tag, checkpoint path or 'random' (default: the preset's tag, 'openai')")
+    g.add_argument("--vfm", default=DEFAULT_VFM, help="timm model name or VFM spec JSON; 'none' for the no-VFM baselines (default: %(default)s)")
+    g.add_argument("--vfm-weights", default=PRETRAINED, help="'pretrained', checkpoint path or 'random' (default: %(default)s)")
+    g.add_argument("--attention", default="proxy", choices=["proxy", "vfm", "maskclip", "clip"], help="proxy attention, the VFM's raw attention, or a no-VFM baseline")
+    g.add_argument("--seed", type=int, default=0, help="seed of 'random' weights (default: %(default)s)")
+    g.add_argument("--window-batch-size", type=int, default=8, help="windows per encoder call (default: %(default)s)")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`proxyclip_pl.build_proxyclip` from the shared flags."""
+    return dict(
+        clip=args.clip,
+        clip_weights=args.clip_weights,
+        vfm=None if str(args.vfm).lower() == "none" else args.vfm,
+        vfm_weights=args.vfm_weights,
+        seed=args.seed,
+        attention=args.attention,
+        window_batch_size=args.window_batch_size,
+    )
+
+
+#: Errors a user can fix (bad name, missing file, ...): reported in one line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run ``main`` and turn user errors into one line on stderr and exit code 2."""
+    try:
+        code = main(argv)
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

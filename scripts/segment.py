@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Segment one image with ProxyCLIP and free-form class names.
+
+    python scripts/segment.py photo.jpg --classes "cat; kitten" "dog" --background "sky; wall; floor" \
+        --prob-thd 0.2 --out overlay.png --labels-out labels.png
+
+Class ids: with --background, 0 is the background and the --classes follow from 1; without it the
+--classes are 0..N-1. Synonyms are separated by '; '.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxyclip_pl.cli import add_model_arguments, model_kwargs, run_cli  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", help="any image file Pillow reads (EXIF orientation is applied)")
+    p.add_argument("--classes", nargs="+", required=True, help="one argument per class, synonyms separated by '; '")
+    p.add_argument("--background", default=None, help="background synonyms ('; '-separated): becomes class 0")
+    p.add_argument("--prob-thd", type=float, default=0.0, help="pixels below this probability become background")
+    p.add_argument("--out", required=True, help="overlay PNG with a legend")
+    p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
+    p.add_argument("--short-side", type=int, default=336)
+    p.add_argument("--crop", type=int, default=336)
+    p.add_argument("--stride", type=int, default=112)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    add_model_arguments(p)
+    return p.parse_args(argv)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from datamodules.io import read_image
+    from proxyclip_pl import build_proxyclip
+    from proxyclip_pl.visualize import add_legend, overlay
+    from proxyclip_pl.vocabulary import parse_vocabulary
+
+    lines = ([args.background] if args.background else []) + list(args.classes)
+    vocabulary = parse_vocabulary("\n".join(lines))
+    if len(vocabulary) != len(lines):
+        raise ValueError("every --classes / --background entry needs at least one name")
+    if args.prob_thd > 0 and not args.background:
+        raise ValueError("--prob-thd needs --background: low-confidence pixels go to the background class 0")
+    image = read_image(args.image)
+    for path in filter(None, (args.out, args.labels_out)):
+        if not Path(path).parent.resolve().is_dir():
+            raise FileNotFoundError(f"output folder does not exist: {Path(path).parent}")
+
+    model = build_proxyclip(
+        vocabulary, prob_thd=args.prob_thd, short_side=args.short_side, slide_crop=args.crop,
+        slide_stride=args.stride, device=args.device, **model_kwargs(args),
+    )
+    labels = model.predict(image).cpu().numpy().astype("uint8")
+
+    from PIL import Image
+
+    names = [names[0] for names in vocabulary]
+    add_legend(overlay(image, labels), labels, names).save(args.out)
+    if args.labels_out:
+        Image.fromarray(labels, mode="L").save(args.labels_out)
+    counts = {names[c]: int((labels == c).sum()) for c in range(len(names))}
+    print(" ".join(f"{name}={n}" for name, n in counts.items() if n))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,75 @@
+"""Distributed sharding: every sample on exactly one rank, no padding duplicates."""
+
+import json
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from datamodules import BENCHMARKS, DatasetCountWarning, UnrepeatedDistributedSampler, build_datamodule
+from fixtures_data import make_fake_benchmark
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 1449])
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_sampler_partitions_without_padding(n, world):
+    data = list(range(n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty ranks warn
+        shards = [list(UnrepeatedDistributedSampler(data, num_replicas=world, rank=r)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == data  # each index exactly once
+    for r, s in enumerate(shards):
+        assert s == list(range(r, n, world))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lens = [len(UnrepeatedDistributedSampler(data, num_replicas=world, rank=r)) for r in range(world)]
+    assert lens == [len(s) for s in shards]
+
+
+def test_sampler_is_a_distributed_sampler_and_warns_on_empty_rank():
+    assert issubclass(UnrepeatedDistributedSampler, DistributedSampler)
+    with pytest.warns(UserWarning, match="rank 2 of 3 receives no samples"):
+        UnrepeatedDistributedSampler([0, 1], num_replicas=3, rank=2)
+    # torch's default pads: 5 samples on 2 ranks -> index 0 twice.
+    padded = [i for r in range(2) for i in DistributedSampler(range(5), num_replicas=2, rank=r, shuffle=False)]
+    assert sorted(padded) == [0, 0, 1, 2, 3, 4]
+
+
+class _Recorder(pl.LightningModule):
+    """Records the dataset indices each rank evaluates into a JSON file per rank."""
+
+    def __init__(self, out_dir: str):
+        super().__init__()
+        self.out_dir = out_dir
+        self.seen: list[int] = []
+        self.layer = torch.nn.Linear(1, 1)  # DDP needs a parameter
+
+    def test_step(self, batch, batch_idx):
+        assert isinstance(batch, list)
+        self.seen.extend(int(s["index"]) for s in batch)
+
+    def on_test_epoch_end(self):
+        sampler = self.trainer.test_dataloaders.sampler
+        with open(f"{self.out_dir}/rank{self.global_rank}.json", "w") as f:
+            json.dump({"seen": self.seen, "sampler": type(sampler).__name__,
+                       "world": self.trainer.world_size}, f)
+
+
+def test_two_process_ddp_sees_each_sample_once(tmp_path):
+    n = 5  # odd: a padding sampler would duplicate sample 0 on rank 1
+    root = make_fake_benchmark("voc21", tmp_path / "data", n, sizes=((24, 32), (20, 28)))
+    dm = build_datamodule("voc21", data_root=root, batch_size=1, num_workers=0)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetCountWarning)
+        trainer.test(_Recorder(str(tmp_path)), datamodule=dm)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["world"] == 2 and r["sampler"] == "UnrepeatedDistributedSampler" for r in results)
+    assert results[0]["seen"] == [0, 2, 4] and results[1]["seen"] == [1, 3]
+    assert sorted(results[0]["seen"] + results[1]["seen"]) == list(range(n))
+    with pytest.warns(DatasetCountWarning):
+        dm.setup("test")  # setup ran in the spawned workers only; check the size here too
+    assert len(dm.test_dataset) == n < BENCHMARKS["voc21"].expected_num_images
