@@ -93,8 +93,13 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def default_clip_weights(name: str) -> str:
-    """The paper's tag for a preset CLIP, else ``random`` is not guessed: the first open_clip tag."""
+def resolve_clip_weights(name: str, weights: str | None) -> str:
+    """``weights`` if given; else the paper's tag of a preset, open_clip's first tag, or ``random``
+    for a model-config JSON (it has no published weights)."""
+    if weights:
+        return weights
+    if name.endswith(".json"):
+        return RANDOM
     if name in CLIP_MODELS:
         return CLIP_MODELS[name].pretrained
     import open_clip
@@ -138,7 +143,7 @@ def build_clip(
     import open_clip
 
     model_name = _resolve_clip_name(name)
-    weights = weights or (default_clip_weights(name) if not name.endswith(".json") else RANDOM)
+    weights = resolve_clip_weights(name, weights)
     tokenizer = open_clip.get_tokenizer(model_name)
     if weights == RANDOM:
         model = _seeded(seed, lambda: open_clip.create_model(model_name, pretrained=None))
@@ -229,10 +234,18 @@ def build_proxyclip(
     seed: int = 0,
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
+    text_cache_dir: str | Path | None | bool = None,
     **proxyclip_kwargs: Any,
 ):
-    """Build :class:`~proxyclip_pl.ProxyCLIP` from names (``vfm=None`` for the no-VFM baselines)."""
+    """Build :class:`~proxyclip_pl.ProxyCLIP` from names (``vfm=None`` for the no-VFM baselines).
+
+    Args:
+        text_cache_dir: where text embeddings are cached (default: :func:`text_cache.default_cache_dir`);
+            ``False`` disables the cache.
+    """
     from .model import ProxyCLIP
+    from .text_cache import cached_text_embeddings, weights_identity
+    from .vocabulary import flatten_vocabulary
 
     clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
     vfm_model, kind = (None, "dino") if vfm is None else build_vfm(vfm, vfm_weights, seed=seed)
@@ -240,4 +253,11 @@ def build_proxyclip(
     if vfm_model is not None:
         vfm_model.to(device)
     proxyclip_kwargs.setdefault("vfm_kind", kind)
+    if text_cache_dir is not False and "text_embeddings" not in proxyclip_kwargs:
+        weights = resolve_clip_weights(clip, clip_weights)
+        name = clip if not clip.endswith(".json") else f"{Path(clip).resolve()}:{Path(clip).read_text()}"
+        proxyclip_kwargs["text_embeddings"] = cached_text_embeddings(
+            clip_model, tokenizer, flatten_vocabulary(vocabulary)[0], name, weights_identity(weights, seed),
+            text_cache_dir or None,
+        )
     return ProxyCLIP(clip_model, vfm_model, vocabulary, tokenizer=tokenizer, **proxyclip_kwargs)

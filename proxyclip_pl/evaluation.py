@@ -1,0 +1,115 @@
+"""Lightning shell for distributed benchmark evaluation; the method itself lives in :class:`ProxyCLIP`.
+
+Each rank segments its shard (the datamodule's non-padding sampler gives every image to exactly one
+rank) and adds integer per-class areas to a sum-reduced metric; at the end of the epoch every rank
+calls ``compute()`` once (one collective), which also checks that each image was seen exactly once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from .metrics import SegmentationIoU
+from .model import ProxyCLIP
+
+
+class ProxyCLIPEvaluator(pl.LightningModule):
+    """Sliding-window ProxyCLIP on each test image, exact mIoU over the whole split.
+
+    Args:
+        model: the segmenter (its ``prob_thd`` and window settings are the benchmark's).
+        class_names: the benchmark's class names in label order (C entries).
+        num_samples: dataset length; every index in [0, num_samples) must be evaluated exactly once.
+        prediction_dir: if set, write ``<id>.png`` uint8 label maps (evaluation label space) there.
+        show_dir: if set, write ``<id>.png`` panels image | prediction | ground truth there.
+    """
+
+    def __init__(
+        self,
+        model: ProxyCLIP,
+        class_names: Sequence[str],
+        num_samples: int,
+        prediction_dir: str | Path | None = None,
+        show_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if model.num_classes != len(class_names):
+            raise ValueError(f"the vocabulary has {model.num_classes} classes but the benchmark has {len(class_names)}")
+        self.model = model
+        self.class_names = list(class_names)
+        self.metric = SegmentationIoU(len(class_names), num_samples=num_samples)
+        self.prediction_dir = Path(prediction_dir) if prediction_dir else None
+        self.show_dir = Path(show_dir) if show_dir else None
+        self.results: dict[str, Any] | None = None
+
+    def segment(self, sample: dict[str, Any]) -> torch.Tensor:
+        """One datamodule sample (resized uint8 image, original size) -> LongTensor [H0, W0]."""
+        image = sample["image"].to(self.device, non_blocking=True)[None].float() / 255.0
+        logits = self.model.logits_at(image, tuple(sample["ori_size"]))
+        return self.model.labels_from_logits(logits)
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        for sample in batch:
+            pred = self.segment(sample)
+            self.metric.update(pred, sample["label"].to(pred.device), sample["index"])
+            if self.prediction_dir is not None or self.show_dir is not None:
+                self._write_outputs(sample, pred.cpu().numpy().astype(np.uint8))
+
+    def _write_outputs(self, sample: dict[str, Any], pred: np.ndarray) -> None:
+        from PIL import Image
+
+        name = str(sample["id"]).replace("/", "_")
+        if self.prediction_dir is not None:
+            Image.fromarray(pred, mode="L").save(self.prediction_dir / f"{name}.png")
+        if self.show_dir is not None:
+            from datamodules.io import read_image
+
+            from .visualize import colorize, side_by_side
+
+            image = read_image(sample["path"])
+            panel = side_by_side([image, colorize(pred), colorize(sample["label"].numpy())])
+            Image.fromarray(panel).save(self.show_dir / f"{name}.png")
+
+    def on_test_epoch_start(self) -> None:
+        for folder in (self.prediction_dir, self.show_dir):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def on_test_epoch_end(self) -> None:
+        results = self.metric.compute()  # collective: every rank calls it exactly once
+        self.metric.reset()
+        results.pop("iou"), results.pop("acc")
+        results["per_class_iou"] = dict(zip(self.class_names, results["per_class_iou"]))
+        results["per_class_acc"] = dict(zip(self.class_names, results["per_class_acc"]))
+        self.results = results
+        for key in ("mIoU", "mAcc", "aAcc"):
+            self.log(key, results[key], sync_dist=False, rank_zero_only=True)
+
+
+class ImagesPerSecondBar(TQDMProgressBar):
+    """Progress bar counting images (batch size is one image per step)."""
+
+    def init_test_tqdm(self):
+        bar = super().init_test_tqdm()
+        bar.unit = "img"
+        return bar
+
+
+def format_results_table(results: dict[str, Any], title: str = "") -> str:
+    """Readable per-class IoU / Acc table plus the summary line."""
+    names = list(results["per_class_iou"])
+    width = max(12, *(len(n) for n in names)) + 2
+    lines = [title] if title else []
+    lines.append(f"{'class':<{width}}{'IoU':>8}{'Acc':>8}")
+    for name in names:
+        iou, acc = results["per_class_iou"][name], results["per_class_acc"][name]
+        fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'nan':>8}"  # noqa: E731
+        lines.append(f"{name:<{width}}{fmt(iou)}{fmt(acc)}")
+    lines.append(f"mIoU {results['mIoU']:.2f}  mAcc {results['mAcc']:.2f}  aAcc {results['aAcc']:.2f}  "
+                 f"({results['num_images']} images)")
+    return "\n".join(lines)
