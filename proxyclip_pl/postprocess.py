@@ -3,8 +3,8 @@
 The official order is: ``prob = softmax(logit_scale * L)`` over all Q queries, ``prob_c = max`` over the
 queries of class c, ``argmax_c``, then ``pred = 0`` where ``max_c prob_c < prob_thd``. Because the max of
 per-class maxima is the max over queries, and softmax is monotonic, this equals taking the class of the
-best query, with ``max prob = exp(s*L_max - logsumexp(s*L))``. No Q x C x H x W one-hot product and no
-Q x H x W softmax is materialised.
+best query, with ``max prob = 1 / sum_q exp(s*L_q - s*L_max)`` (the softmax's own formula at its
+maximum, where the numerator is exactly 1). No Q x C x H x W one-hot product is materialised.
 """
 from __future__ import annotations
 
@@ -27,6 +27,6 @@ def logits_to_labels(
     best_logit, best_query = scaled.max(dim=0)
     labels = query_to_class.to(best_query.device)[best_query]
     if prob_thd > 0:
-        max_prob = torch.exp(best_logit - torch.logsumexp(scaled, dim=0))
+        max_prob = 1.0 / torch.exp(scaled - best_logit).sum(dim=0)
         labels = labels.masked_fill(max_prob < prob_thd, 0)
     return labels

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time ``ProxyCLIP.predict`` end to end against a one-window-at-a-time loop (the official procedure).
+r"""Time ``ProxyCLIP.predict`` end to end against a one-window-at-a-time loop (the official procedure).
 
 For every ``--image-size WxH`` a seeded synthetic RGB image of that size is segmented by
 
@@ -19,6 +19,7 @@ does not depend on them.
 
 Examples (paper models, random init; add real weights with --clip-weights/--vfm-weights)::
 
+    python scripts/benchmark.py --image-size 2048x1024 --dataset-settings cityscapes
     python scripts/benchmark.py --clip-weights random --vfm-weights random --image-size 500x375 \
         --json bench_voc.json
     python scripts/benchmark.py --clip-weights random --vfm-weights random --image-size 2048x1024 \
@@ -311,7 +312,8 @@ def resolve_vocabulary(name: str | None) -> tuple[list[list[str]], str]:
         return load_vocabulary(BENCHMARKS[name].vocabulary_file), name
     if Path(name).is_file():
         return load_vocabulary(name), str(name)
-    raise ValueError(f"unknown --vocabulary {name!r}: use a benchmark key ({', '.join(BENCHMARKS)}) or a vocabulary file")
+    raise ValueError(
+        f"unknown --vocabulary {name!r}: use a benchmark key ({', '.join(BENCHMARKS)}) or a vocabulary file")
 
 
 def build_model(args: argparse.Namespace, settings: dict, vocabulary: list[list[str]]):
@@ -328,13 +330,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", dest="image_sizes", action="append", type=parse_image_size, metavar="WxH",
                    help="synthetic image size, width x height; repeatable (default: 500x375)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing, per path (default: %(default)s)")
-    p.add_argument("--runs", type=int, default=5, help="timed calls per path; the median is reported (default: %(default)s)")
-    p.add_argument("--precision", default="32", choices=list(PRECISIONS), help="fp32, or autocast bf16/fp16 (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=5,
+                   help="timed calls per path; the median is reported (default: %(default)s)")
+    p.add_argument("--precision", default="32", choices=list(PRECISIONS),
+                   help="fp32, or autocast bf16/fp16 (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda[:i] (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--vocabulary", default=None,
-                   help="benchmark key (voc21, coco_object, cityscapes, ...) or vocabulary file (default: 5 built-in classes)")
+                   help="benchmark key (voc21, coco_object, cityscapes, ...) or vocabulary file "
+                        "(default: 5 built-in classes)")
     p.add_argument("--dataset-settings", default=None,
                    help="take short side / crop / stride / prob_thd from datamodules.BENCHMARKS[KEY] (e.g. cityscapes)")
     p.add_argument("--short-side", type=int, default=None, help="override the test-time short side")
@@ -425,12 +430,13 @@ def format_table(report: dict) -> str:
     for r in report["results"]:
         mem = r["memory"] or {}
         peak = mem.get("cuda_max_allocated_mib", mem.get("peak_rss_mib"))
+        fraction = r["predict"]["fraction_of_peak"]
         row = [
             "{}x{}".format(*r["image_size"]), "{}x{}".format(*r["resized_size"]), str(r["num_windows"]),
             _fmt(r["predict"]["images_per_s"]), _fmt(r["one_window_loop"]["images_per_s"]), _fmt(r["speedup"], ".2f"),
             _fmt(r["predict"]["windows_per_s"]), _fmt(r["flops_per_image"] / 1e9, ".4g"),
             _fmt(r["predict"]["achieved_gflops"], ".4g"),
-            _fmt(None if r["predict"]["fraction_of_peak"] is None else 100 * r["predict"]["fraction_of_peak"], ".1f") + "%",
+            _fmt(None if fraction is None else 100 * fraction, ".1f") + "%",
             _fmt(r["agreement"], ".6f"), _fmt(peak, ".0f"),
         ]
         if mixed:
@@ -446,7 +452,8 @@ def format_table(report: dict) -> str:
         f"CLIP {c['clip']} ({c['clip_weights'] or 'default'}) + VFM {c['vfm']} ({c['vfm_weights']}), attention "
         f"{c['attention']}, precision {c['precision']}, window batch {c['window_batch_size']}",
         f"settings [{s['source']}]: short side {s['short_side']}, crop {s['crop']}, stride {s['stride']}, "
-        f"prob_thd {s['prob_thd']}; vocabulary {c['vocabulary']} ({c['num_classes']} classes, {c['num_queries']} queries)",
+        f"prob_thd {s['prob_thd']}; vocabulary {c['vocabulary']} ({c['num_classes']} classes, "
+        f"{c['num_queries']} queries)",
         f"median of {c['runs']} runs after {c['warmup']} warm-up; matmul peak ({peak['dtype']}): "
         f"{_fmt(peak['gflops'], '.4g')} GFLOP/s",
         "",
@@ -482,8 +489,8 @@ def benchmark_size(args, model, size: tuple[int, int], peak_gflops: float | None
         "flops_by_op": flops_by_op,
         "agreement": (fast_labels == loop_labels).double().mean().item(),
     }
-    result["predict"] = timing_summary(time_runs(run_predict, device, args.warmup, args.runs), num_windows, flops, peak_gflops)
-    result["one_window_loop"] = timing_summary(time_runs(run_loop, device, args.warmup, args.runs), num_windows, flops, peak_gflops)
+    for key, fn in (("predict", run_predict), ("one_window_loop", run_loop)):
+        result[key] = timing_summary(time_runs(fn, device, args.warmup, args.runs), num_windows, flops, peak_gflops)
     result["speedup"] = result["one_window_loop"]["median_s"] / result["predict"]["median_s"]
     result["agreement_with_fp32"] = result["fp32_one_window_loop"] = result["speedup_vs_fp32_one_window_loop"] = None
     if args.precision != "32":
@@ -491,7 +498,8 @@ def benchmark_size(args, model, size: tuple[int, int], peak_gflops: float | None
         result["agreement_with_fp32"] = (fast_labels == fp32_labels).double().mean().item()
         times = time_runs(lambda: predict_one_window_at_a_time(model, image), device, args.warmup, args.runs)
         result["fp32_one_window_loop"] = timing_summary(times, num_windows, flops, None)
-        result["speedup_vs_fp32_one_window_loop"] = result["fp32_one_window_loop"]["median_s"] / result["predict"]["median_s"]
+        fp32_loop_s = result["fp32_one_window_loop"]["median_s"]
+        result["speedup_vs_fp32_one_window_loop"] = fp32_loop_s / result["predict"]["median_s"]
     result["memory"] = None if args.skip_memory else run_memory_probe(args, size)
     return result
 
@@ -526,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "clip": args.clip, "clip_weights": args.clip_weights, "vfm": args.vfm, "vfm_weights": args.vfm_weights,
             "attention": args.attention, "seed": args.seed, "window_batch_size": args.window_batch_size,
             "precision": args.precision,
-            "autocast_dtype": None if PRECISIONS[args.precision] is None else str(PRECISIONS[args.precision]).replace("torch.", ""),
+            "autocast_dtype": None if PRECISIONS[args.precision] is None else str(dtype).replace("torch.", ""),
             "device": str(device), "threads": args.threads, "warmup": args.warmup, "runs": args.runs,
             "image_seed": args.image_seed, "vocabulary": vocabulary_name, "num_classes": model.num_classes,
             "num_queries": len(model.queries),

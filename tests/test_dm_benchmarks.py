@@ -10,7 +10,7 @@ from PIL import Image
 
 from datamodules import (BENCHMARKS, DATAMODULES, DataFileError, DatasetCountWarning, DatasetLayoutError,
                          SegmentationDataModule, build_datamodule, read_label)
-from fixtures_data import make_fake_benchmark
+from datamodules.synthetic import make_fake_benchmark
 
 ALL = list(BENCHMARKS)
 N = 5

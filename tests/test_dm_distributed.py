@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from datamodules import BENCHMARKS, DatasetCountWarning, UnrepeatedDistributedSampler, build_datamodule
-from fixtures_data import make_fake_benchmark
+from datamodules.synthetic import make_fake_benchmark
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 1449])

@@ -10,7 +10,7 @@ from PIL import Image
 from datamodules import (DataFileError, MissingFileError, ResizeShortSide, apply_label_transform,
                          build_test_transform, label_lut, read_image, read_label, rescale_size,
                          resize_short_side)
-from fixtures_data import voc_palette
+from datamodules.synthetic import voc_palette
 
 
 # ---------------------------------------------------------------- resize rule

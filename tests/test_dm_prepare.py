@@ -16,7 +16,7 @@ from PIL import Image
 
 from datamodules import DatasetCountWarning, apply_label_transform, build_datamodule, read_label
 from datamodules import prepare as prep
-from fixtures_data import random_image, save_image, save_label, voc_palette  # noqa: F401
+from datamodules.synthetic import random_image, save_image, save_label, voc_palette  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 

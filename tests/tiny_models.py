@@ -9,20 +9,17 @@ from pathlib import Path
 
 from proxyclip_pl.factory import build_clip, build_vfm
 
-# open_clip config: ViT-B/16-like tower (patch 16, trained 224 grid of 14x14, so 336 crops interpolate
-# the positional embedding) shrunk to 3 blocks of width 64 with 2 heads.
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 224, "layers": 3, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# The shipped demo configs: an open_clip ViT-B/16-like tower (patch 16, trained 224 grid of 14x14, so 336
+# crops interpolate the positional embedding) shrunk to 3 blocks of width 64, and a 2-block DINO ViT/8.
+TINY_CLIP_CONFIG = json.loads((CONFIGS / "tiny_clip.json").read_text())
+_TINY_DINO = json.loads((CONFIGS / "tiny_dino.json").read_text())
 
 TINY_VIT = {"embed_dim": 48, "depth": 2, "num_heads": 2}
 
 #: timm name -> overrides that keep the architecture family but make it tiny.
 TINY_VFMS = {
-    "dino": ("vit_small_patch8_224.dino", TINY_VIT),
+    "dino": (_TINY_DINO["model_name"], _TINY_DINO["kwargs"]),
     "dinov2": ("vit_base_patch14_reg4_dinov2.lvd142m", TINY_VIT),
     "mae": ("vit_base_patch16_224.mae", TINY_VIT),
     "sam": ("samvit_base_patch16.sa1b", {"embed_dim": 32, "depth": 2, "num_heads": 2, "global_attn_indexes": (1,), "neck_chans": 32}),

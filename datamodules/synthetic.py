@@ -1,4 +1,4 @@
-"""Miniature benchmark datasets in the real on-disk layouts (no network).
+"""Miniature benchmark datasets in the real on-disk layouts (tests, demos; no network).
 
 ``make_fake_benchmark(key, root, num_images)`` writes ``num_images`` samples under
 ``root/<standard sub-path>`` and returns that data root.  Labels are random but every

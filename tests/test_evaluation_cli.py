@@ -1,0 +1,126 @@
+"""scripts/test.py end to end on generated miniature benchmarks with tiny seeded models."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules import build_datamodule
+from datamodules.synthetic import make_fake_benchmark
+from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "test.py"
+SIZES = ((60, 80), (50, 70), (90, 40))
+
+
+def run(args, timeout=600):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    data = d / "data"
+    for key in ("voc21", "ade20k"):
+        make_fake_benchmark(key, data, 5, sizes=SIZES)
+    flags = ["--clip", str(write_tiny_clip_config(d)), "--clip-weights", "random",
+             "--vfm", str(write_tiny_vfm_spec(d)), "--vfm-weights", "random", "--accelerator", "cpu",
+             "--num-workers", "0", "--text-cache-dir", str(d / "cache")]
+    return d, data, flags
+
+
+def mmseg_reference(preds: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:
+    """NumPy transcription of mmseg's intersect_and_union + total_area_to_metrics."""
+    inter = np.zeros(num_classes); area_p = np.zeros(num_classes); area_l = np.zeros(num_classes)
+    for p, g in zip(preds, labels):
+        keep = g != 255
+        p, g = p[keep], g[keep]
+        i = p[p == g]
+        inter += np.histogram(i, bins=num_classes, range=(0, num_classes - 1))[0]
+        area_p += np.histogram(p, bins=num_classes, range=(0, num_classes - 1))[0]
+        area_l += np.histogram(g, bins=num_classes, range=(0, num_classes - 1))[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / (area_p + area_l - inter)
+        acc = inter / area_l
+    return {"mIoU": np.nanmean(iou) * 100, "mAcc": np.nanmean(acc) * 100, "aAcc": inter.sum() / area_l.sum() * 100, "iou": iou}
+
+
+@pytest.mark.parametrize("key", ["voc21", "ade20k"])
+def test_one_and_two_devices_give_identical_results(setup, key):
+    d, data, flags = setup
+    outs = {}
+    for devices in (1, 2):
+        out = d / f"out_{key}_{devices}"
+        result = run(["--data", key, "--data-root", str(data), "--devices", str(devices), "--output-dir", str(out),
+                      "--save-predictions", *flags])
+        assert result.returncode == 0, result.stderr[-3000:]
+        outs[devices] = json.loads((out / "results.json").read_text())
+        assert outs[devices]["config"]["world_size"] == devices
+    one, two = outs[1], outs[2]
+    assert one["num_images"] == two["num_images"] == 5
+    for field in ("mIoU", "aAcc", "mAcc", "per_class_iou", "per_class_acc"):
+        assert one[field] == two[field], field
+    assert one["config"]["prob_thd"] == {"voc21": 0.2, "ade20k": 0.0}[key]
+
+    # the metric recomputed from the saved label maps equals the reported one
+    dm = build_datamodule(key, data_root=data / {"voc21": "VOCdevkit/VOC2012", "ade20k": "ade/ADEChallengeData2016"}[key])
+    dm.setup("test")
+    ds = dm.test_dataset
+    preds = [np.asarray(Image.open(d / f"out_{key}_2" / "predictions" / f"{ds[i]['id']}.png")) for i in range(len(ds))]
+    labels = [ds[i]["label"].numpy() for i in range(len(ds))]
+    assert all(p.shape == g.shape for p, g in zip(preds, labels))
+    ref = mmseg_reference(preds, labels, len(dm.class_names))
+    for field in ("mIoU", "mAcc", "aAcc"):
+        assert abs(one[field] - ref[field]) <= 0.005 + 1e-9, field
+    for name, iou in zip(dm.class_names, ref["iou"]):
+        reported = one["per_class_iou"][name]
+        assert (reported is None) == bool(np.isnan(iou))
+        if reported is not None:
+            assert abs(reported - iou * 100) <= 0.005 + 1e-9
+
+
+def test_results_json_schema_and_table(setup):
+    d, data, flags = setup
+    out = d / "out_schema"
+    result = run(["--data", "voc21", "--data-root", str(data / "VOCdevkit/VOC2012"), "--output-dir", str(out),
+                  "--limit", "3", "--show-dir", str(d / "show"), *flags])
+    assert result.returncode == 0, result.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["dataset"] == "voc21" and res["num_images"] == 3
+    assert set(res["per_class_iou"]) == set(build_datamodule("voc21").class_names)
+    cfg = res["config"]
+    for k in ("clip", "vfm", "beta", "gamma", "logit_scale", "slide_crop", "slide_stride", "short_side", "precision", "versions"):
+        assert k in cfg
+    assert (cfg["slide_crop"], cfg["slide_stride"], cfg["short_side"]) == (336, 112, 336)
+    assert "mIoU" in result.stdout and "diningtable" in result.stdout
+    assert len(list((d / "show").glob("*.png"))) == 3
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--data", "nope"], "'nope'"),
+        (["--data", "voc21", "--data-root", "/does/not/exist"], "/does/not/exist"),
+        (["--data", "voc21", "--devices", "64"], "--devices 64"),
+        (["--data", "voc21", "--output-dir", "/proc/forbidden"], "/proc/forbidden"),
+        (["--data", "voc21", "--clip", "ViT-Bogus-7", "--clip-weights", "random"], "ViT-Bogus-7"),
+    ],
+)
+def test_cli_errors_are_one_line(setup, args, needle):
+    d, data, flags = setup
+    base = ["--data-root", str(data / "VOCdevkit/VOC2012")] if "--data-root" not in args else []
+    model_flags = [f for f in flags]
+    if "--clip" in args:
+        i = model_flags.index("--clip")
+        del model_flags[i:i + 4]
+    result = run(base + args + model_flags + ["--output-dir", str(d / "err")] * ("--output-dir" not in args), timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
