@@ -34,7 +34,7 @@ def _layout_error(preset: BenchmarkPreset, root: Path, what: str) -> DatasetLayo
     return DatasetLayoutError(
         f"[{preset.key}] {what}\n  data_root: {root}\n"
         f"  Prepare the dataset with:\n    {preset.prepare_command}\n"
-        f"  (official download: {preset.download_hint}; see docs/datasets.md)"
+        f"  (official download: {preset.download_hint}; see the Datasets section of README.md)"
     )
 
 

@@ -4,7 +4,7 @@
     python scripts/prepare_data.py {voc,context,coco_stuff,coco_object,cityscapes,ade20k} \
         --src <extracted official download> --dst <dataset root> [--download]
 
-See docs/datasets.md.  The logic lives in ``datamodules.prepare``.
+See the Datasets section of README.md.  The logic lives in ``datamodules.prepare``.
 """
 
 import sys
