@@ -205,10 +205,12 @@ class ProxyCLIP(nn.Module):
             raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
         crops = crops.to(self.device)
         embeddings, grid = self.dense_embeddings(crops)
-        embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
-        logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
-        logits = logits.reshape(crops.shape[0], -1, *grid)
-        return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        # Cosine logits are averaged over windows and then scaled by 40: keep them in fp32 under autocast.
+        with torch.autocast(device_type=crops.device.type, enabled=False):
+            embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
+            logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
+            logits = logits.reshape(crops.shape[0], -1, *grid)
+            return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def slide_logits(self, image: torch.Tensor) -> torch.Tensor:

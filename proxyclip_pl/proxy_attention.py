@@ -16,13 +16,23 @@ import torch.nn.functional as F
 
 
 def cosine_similarity_matrix(features: torch.Tensor) -> torch.Tensor:
-    """[B, N, C] tokens -> [B, N, N] cosine similarities (computed in at least fp32)."""
-    f = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
-    return f @ f.transpose(1, 2)
+    """[B, N, C] tokens -> [B, N, N] cosine similarities, in at least fp32 even under autocast.
+
+    The mask compares every entry with beta * mean, so half-precision rounding here would move keys
+    across the threshold; the encoders may run in bf16/fp16, these statistics do not.
+    """
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        f = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
+        return f @ f.transpose(1, 2)
 
 
 def proxy_attention_logits(
-    similarity: torch.Tensor, beta: float, gamma: float, normalize: bool = True, mask: bool = True
+    similarity: torch.Tensor,
+    beta: float,
+    gamma: float,
+    normalize: bool = True,
+    mask: bool = True,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Masked attention logits from cosine similarities.
 
@@ -32,24 +42,24 @@ def proxy_attention_logits(
         mask: set negative logits to -inf (strict ``<``). A row whose every entry would be masked
             (e.g. a uniform image: S == 1, mu == 1 > 1/beta) keeps its unmasked logits instead, so the
             softmax stays finite; every other row is unchanged.
+        inplace: overwrite ``similarity`` (saves two N x N buffers per window; same values).
     Returns:
         [B, N, N] logits with -inf at masked keys.
     """
+    logits = similarity if inplace else similarity.clone()
     if normalize:
-        mu = similarity.mean(dim=(1, 2), keepdim=True)
-        logits = gamma * (similarity - beta * mu)
-    else:
-        logits = similarity
-    if not mask:
-        return logits
-    masked = logits < 0
-    masked &= ~masked.all(dim=-1, keepdim=True)
-    return logits.masked_fill(masked, float("-inf"))
+        mu = logits.mean(dim=(1, 2), keepdim=True)
+        logits.sub_(beta * mu).mul_(gamma)
+    if mask:
+        masked = logits < 0
+        masked &= ~masked.all(dim=-1, keepdim=True)
+        logits.masked_fill_(masked, float("-inf"))
+    return logits
 
 
 def proxy_attention(
     features: torch.Tensor, beta: float = 1.2, gamma: float = 3.0, normalize: bool = True, mask: bool = True
 ) -> torch.Tensor:
-    """Row-stochastic proxy attention [B, N, N] from VFM tokens [B, N, C] (see module docstring)."""
-    similarity = cosine_similarity_matrix(features)
-    return proxy_attention_logits(similarity, beta, gamma, normalize, mask).softmax(dim=-1)
+    """Row-stochastic proxy attention [B, N, N] (fp32) from VFM tokens [B, N, C] (see module docstring)."""
+    logits = proxy_attention_logits(cosine_similarity_matrix(features), beta, gamma, normalize, mask, inplace=True)
+    return logits.softmax(dim=-1)
