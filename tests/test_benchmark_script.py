@@ -65,7 +65,7 @@ def test_one_window_loop_equals_predict(model_files, size, settings):
     logits = model.logits_at(model.preprocess(image), image.shape[:2])
     max_prob = torch.softmax(model.logit_scale * logits, dim=0).max(dim=0).values
     # midway between two well-separated pixel values near the median, so no pixel sits on the threshold
-    # (the fast path computes the best probability as exp(s*L_max - logsumexp), not via a softmax: ulps differ)
+    # (the fast path computes the best probability without a materialised softmax: ulps may differ)
     values = max_prob.flatten().sort().values
     gaps = values[1:] - values[:-1]
     middle = len(values) // 2
