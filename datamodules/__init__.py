@@ -8,16 +8,44 @@ Self-contained (no dependency on any model package)::
     sample = dm.test_dataset[0]   # image [3,h,w] uint8, label [H0,W0] int64, id, ori_size, index, path
 """
 
-from .base import DatasetCountWarning, SegmentationDataModule, default_data_root
-from .benchmarks import (ADE20KDataModule, CityscapesDataModule, COCOObjectDataModule,
-                         COCOStuffDataModule, Context59DataModule, Context60DataModule, DATAMODULES,
-                         VOC20DataModule, VOC21DataModule, build_datamodule)
-from .dataset import DatasetLayoutError, SegmentationTestDataset, build_sample_list, list_collate
-from .io import DataFileError, MissingFileError, read_image, read_label
-from .presets import BENCHMARKS, BenchmarkPreset
-from .sampler import UnrepeatedDistributedSampler
-from .transforms import (IGNORE_INDEX, ResizeShortSide, apply_label_transform, build_test_transform,
-                         label_lut, rescale_size, resize_short_side)
+import importlib
+from typing import TYPE_CHECKING
+
+# Names are imported on first use: `from datamodules.resize import ...` (the model's predict path)
+# must not pull in Lightning and albumentations.
+_SUBMODULE_OF = {
+    "DatasetCountWarning": "base", "SegmentationDataModule": "base", "default_data_root": "base",
+    "ADE20KDataModule": "benchmarks", "CityscapesDataModule": "benchmarks", "COCOObjectDataModule": "benchmarks",
+    "COCOStuffDataModule": "benchmarks", "Context59DataModule": "benchmarks", "Context60DataModule": "benchmarks",
+    "DATAMODULES": "benchmarks", "VOC20DataModule": "benchmarks", "VOC21DataModule": "benchmarks",
+    "build_datamodule": "benchmarks",
+    "DatasetLayoutError": "dataset", "SegmentationTestDataset": "dataset", "build_sample_list": "dataset",
+    "list_collate": "dataset",
+    "DataFileError": "io", "MissingFileError": "io", "read_image": "io", "read_label": "io",
+    "BENCHMARKS": "presets", "BenchmarkPreset": "presets",
+    "UnrepeatedDistributedSampler": "sampler",
+    "IGNORE_INDEX": "transforms", "ResizeShortSide": "transforms", "apply_label_transform": "transforms",
+    "build_test_transform": "transforms", "label_lut": "transforms",
+    "rescale_size": "resize", "resize_short_side": "resize",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULE_OF:
+        value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_SUBMODULE_OF))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import DatasetCountWarning, SegmentationDataModule, default_data_root  # noqa: F401
+    from .benchmarks import DATAMODULES, build_datamodule  # noqa: F401
+    from .presets import BENCHMARKS, BenchmarkPreset  # noqa: F401
 
 __all__ = [
     "BENCHMARKS", "BenchmarkPreset", "build_datamodule", "DATAMODULES", "SegmentationDataModule",

@@ -13,30 +13,11 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .resize import rescale_size, resize_short_side  # noqa: E402,F401  (re-exported)
+
 IGNORE_INDEX = 255
-
-
-def rescale_size(height: int, width: int, short_side: int, long_cap: int = 2048) -> tuple[int, int]:
-    """Target (new_h, new_w) of the mmcv ``imrescale`` rule with scale (long_cap, short_side)."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"invalid image size {height}x{width}")
-    sf = min(long_cap / max(height, width), short_side / min(height, width))
-    new_h = max(1, int(height * float(sf) + 0.5))
-    new_w = max(1, int(width * float(sf) + 0.5))
-    return new_h, new_w
-
-
-def resize_short_side(image: np.ndarray, short_side: int, long_cap: int = 2048) -> np.ndarray:
-    """Resize uint8 (H, W, 3) so the short side is ``short_side`` (long side <= ``long_cap``)."""
-    h, w = image.shape[:2]
-    new_h, new_w = rescale_size(h, w, short_side, long_cap)
-    if (new_h, new_w) == (h, w):
-        return image
-    # cv2 takes (width, height); INTER_LINEAR on uint8 reproduces mmcv bit for bit.
-    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
 
 
 class ResizeShortSide(A.ImageOnlyTransform):

@@ -26,12 +26,39 @@ def check_clip_visual(visual: nn.Module) -> None:
         raise ValueError("the last CLIP block has no fused in_proj_weight")
 
 
+def _attention_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An open_clip ``ResidualAttentionBlock`` on batch-first tokens [B, L, D], attention via SDPA.
+
+    Same math as ``block(x)``. ``nn.MultiheadAttention`` leaves its fused path under autocast and then
+    projects sequence-first views, which CPU bf16 turns into a copy of the expanded weight per batch
+    entry (several seconds per image); contiguous ``F.linear`` + ``scaled_dot_product_attention`` avoid it.
+    """
+    attn = block.attn
+    batch, length, width = x.shape
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(batch, length, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
+    x = x + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _is_plain_attention_block(block: nn.Module) -> bool:
+    attn = getattr(block, "attn", None)
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn.batch_first
+        and attn._qkv_same_embed_dim
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(getattr(block, "ln_attn", nn.Identity()), nn.Identity)
+    )
+
+
 def _run_blocks(transformer: nn.Module, blocks, x: torch.Tensor) -> torch.Tensor:
     batch_first = getattr(transformer, "batch_first", True)
     if not batch_first:
         x = x.transpose(0, 1)
     for block in blocks:
-        x = block(x)
+        x = _attention_block(block, x) if batch_first and _is_plain_attention_block(block) else block(x)
     return x if batch_first else x.transpose(0, 1)
 
 

@@ -235,6 +235,7 @@ def build_proxyclip(
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
     text_cache_dir: str | Path | None | bool = None,
+    keep_text_tower: bool = False,
     **proxyclip_kwargs: Any,
 ):
     """Build :class:`~proxyclip_pl.ProxyCLIP` from names (``vfm=None`` for the no-VFM baselines).
@@ -242,22 +243,38 @@ def build_proxyclip(
     Args:
         text_cache_dir: where text embeddings are cached (default: :func:`text_cache.default_cache_dir`);
             ``False`` disables the cache.
+        keep_text_tower: the text tower is only needed for the text embeddings; it is freed after they
+            are computed (ViT-B/16: 252 MB) unless this is set.
     """
     from .model import ProxyCLIP
     from .text_cache import cached_text_embeddings, weights_identity
-    from .vocabulary import flatten_vocabulary
+    from .vocabulary import encode_text_embeddings, flatten_vocabulary
 
     clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
-    vfm_model, kind = (None, "dino") if vfm is None else build_vfm(vfm, vfm_weights, seed=seed)
     clip_model.to(device)
+    if "text_embeddings" not in proxyclip_kwargs:
+        queries = flatten_vocabulary(vocabulary)[0]
+        if text_cache_dir is False:
+            text_embeddings = encode_text_embeddings(clip_model, tokenizer, queries)
+        else:
+            weights = resolve_clip_weights(clip, clip_weights)
+            name = clip if not clip.endswith(".json") else f"{Path(clip).resolve()}:{Path(clip).read_text()}"
+            text_embeddings = cached_text_embeddings(
+                clip_model, tokenizer, queries, name, weights_identity(weights, seed), text_cache_dir or None
+            )
+        proxyclip_kwargs["text_embeddings"] = text_embeddings
+    if not keep_text_tower:
+        # Before the VFM is built, so that its weights reuse the freed memory (lower peak RSS).
+        release_text_tower(clip_model)
+    vfm_model, kind = (None, "dino") if vfm is None else build_vfm(vfm, vfm_weights, seed=seed)
     if vfm_model is not None:
         vfm_model.to(device)
     proxyclip_kwargs.setdefault("vfm_kind", kind)
-    if text_cache_dir is not False and "text_embeddings" not in proxyclip_kwargs:
-        weights = resolve_clip_weights(clip, clip_weights)
-        name = clip if not clip.endswith(".json") else f"{Path(clip).resolve()}:{Path(clip).read_text()}"
-        proxyclip_kwargs["text_embeddings"] = cached_text_embeddings(
-            clip_model, tokenizer, flatten_vocabulary(vocabulary)[0], name, weights_identity(weights, seed),
-            text_cache_dir or None,
-        )
     return ProxyCLIP(clip_model, vfm_model, vocabulary, tokenizer=tokenizer, **proxyclip_kwargs)
+
+
+def release_text_tower(clip_model: nn.Module) -> None:
+    """Free an open_clip CLIP's text tower in place (``encode_text`` no longer works afterwards)."""
+    for name in ("transformer", "token_embedding", "ln_final", "text_projection", "positional_embedding", "attn_mask"):
+        if hasattr(clip_model, name):
+            setattr(clip_model, name, None)

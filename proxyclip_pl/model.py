@@ -234,7 +234,7 @@ class ProxyCLIP(nn.Module):
     # ------------------------------------------------------------------------------------ images
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """uint8 HxWx3 RGB (or gray/RGBA/16-bit) at original size -> [1, 3, h, w] in [0, 1], resized."""
-        from datamodules.transforms import resize_short_side
+        from datamodules.resize import resize_short_side
 
         resized = resize_short_side(to_rgb_uint8(image), self.short_side, self.long_side_cap)
         return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device).float() / 255.0

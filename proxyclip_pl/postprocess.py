@@ -12,7 +12,11 @@ import torch
 
 
 def logits_to_labels(
-    logits: torch.Tensor, query_to_class: torch.Tensor, logit_scale: float = 40.0, prob_thd: float = 0.0
+    logits: torch.Tensor,
+    query_to_class: torch.Tensor,
+    logit_scale: float = 40.0,
+    prob_thd: float = 0.0,
+    chunk_elements: int = 1 << 22,
 ) -> torch.Tensor:
     """Label map from query logits.
 
@@ -20,13 +24,21 @@ def logits_to_labels(
         logits: [Q, H, W] averaged raw cosine logits.
         query_to_class: LongTensor [Q], non-decreasing class index of each query.
         prob_thd: pixels whose best class probability is below it become class 0.
+        chunk_elements: rows are processed in blocks of about this many logits, so the temporaries
+            stay small (a Cityscapes image has 19 x 2048 x 1024 logits); results do not depend on it.
     Returns:
         LongTensor [H, W] with values in [0, C).
     """
-    scaled = logits.float() * logit_scale
-    best_logit, best_query = scaled.max(dim=0)
-    labels = query_to_class.to(best_query.device)[best_query]
-    if prob_thd > 0:
-        max_prob = 1.0 / torch.exp(scaled - best_logit).sum(dim=0)
-        labels = labels.masked_fill(max_prob < prob_thd, 0)
+    num_queries, height, width = logits.shape
+    query_to_class = query_to_class.to(logits.device)
+    labels = torch.empty(height, width, dtype=torch.long, device=logits.device)
+    rows = max(1, chunk_elements // max(1, num_queries * width))
+    for top in range(0, height, rows):
+        scaled = logits[:, top:top + rows].float() * logit_scale
+        best_logit, best_query = scaled.max(dim=0)
+        block = query_to_class[best_query]
+        if prob_thd > 0:
+            max_prob = 1.0 / torch.exp(scaled.sub_(best_logit)).sum(dim=0)
+            block.masked_fill_(max_prob < prob_thd, 0)
+        labels[top:top + rows] = block
     return labels

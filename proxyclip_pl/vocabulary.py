@@ -73,17 +73,21 @@ def encode_text_embeddings(
     tokenizer: Callable[[list[str]], torch.Tensor],
     queries: Sequence[str],
     templates: Sequence[Callable[[str], str]] = TEMPLATES,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Prompt-ensembled text embeddings.
 
     For each query: fill every template, encode, L2-normalise each embedding, average over templates
     and L2-normalise again.
 
+    Args:
+        batch_size: prompts per forward; default 256 on GPU, 16 on CPU (where larger batches are no
+            faster and cost hundreds of MB of peak memory).
     Returns:
         FloatTensor [Q, d], unit rows, on the CLIP model's device.
     """
     device = next(clip_model.parameters()).device
+    batch_size = batch_size or (256 if device.type == "cuda" else 16)
     prompts = [template(query) for query in queries for template in templates]
     chunks = []
     for start in range(0, len(prompts), batch_size):

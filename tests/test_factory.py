@@ -78,3 +78,18 @@ def test_uncached_pretrained_weights_fail_fast_offline(monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFoundError, match=r"timm/vit_base_patch16_clip_224\.openai"):
         build_clip("ViT-B-16-quickgelu", "openai", cache_dir=str(tmp_path))
     assert time.monotonic() - start < 60
+
+
+def test_build_proxyclip_frees_the_text_tower_after_encoding(tmp_path):
+    from proxyclip_pl import build_proxyclip
+    from tiny_models import write_tiny_vfm_spec
+
+    kwargs = dict(clip=str(write_tiny_clip_config(tmp_path)), clip_weights="random",
+                  vfm=str(write_tiny_vfm_spec(tmp_path)), vfm_weights="random", text_cache_dir=False)
+    lean = build_proxyclip([["cat"], ["dog"]], **kwargs)
+    full = build_proxyclip([["cat"], ["dog"]], keep_text_tower=True, **kwargs)
+    assert lean.clip.transformer is None and lean.clip.token_embedding is None
+    assert full.clip.transformer is not None
+    assert torch.equal(lean.text_embeddings, full.text_embeddings)
+    x = torch.rand(1, 3, 112, 112)
+    assert torch.equal(lean.crop_logits(x), full.crop_logits(x))

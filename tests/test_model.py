@@ -247,7 +247,7 @@ def test_predict_equals_reference_pipeline(model):
     model.prob_thd = 0.3
     try:
         labels = model.predict(image)
-        from datamodules.transforms import resize_short_side
+        from datamodules.resize import resize_short_side
 
         resized = torch.from_numpy(resize_short_side(image, 336)).permute(2, 0, 1).float() / 255
         assert tuple(resized.shape[-2:]) == (336, 560)
@@ -373,3 +373,26 @@ def test_ablations_and_baselines_run_the_documented_math(model64):
     assert (vanilla.crop_logits(x) - maskclip.crop_logits(x)).abs().max() > 1e-4
     with pytest.raises(ValueError, match="needs a vfm_model"):
         ProxyCLIP(clip, None, VOCAB, text_embeddings=te)
+
+
+# ------------------------------------------------------------------------------------- fast paths
+def test_clip_block_fast_path_equals_open_clip_block(model):
+    from proxyclip_pl.clip_encoder import _attention_block, _is_plain_attention_block
+
+    x = torch.randn(3, 1 + 21 * 28, 64, generator=torch.Generator().manual_seed(12))
+    for block in model.clip.visual.transformer.resblocks:
+        assert _is_plain_attention_block(block)
+        assert (_attention_block(block, x) - block(x)).abs().max() < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = _attention_block(model.clip.visual.transformer.resblocks[0], x)
+    assert (fast.float() - model.clip.visual.transformer.resblocks[0](x)).abs().max() < 0.1
+
+
+def test_postprocess_chunking_does_not_change_labels():
+    g = torch.Generator().manual_seed(3)
+    q2c = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    logits = torch.randn(7, 53, 61, generator=g) * 0.05
+    full = logits_to_labels(logits, q2c, 40.0, 0.4, chunk_elements=1 << 30)
+    for chunk in (1, 7 * 61, 7 * 61 * 5 + 3):
+        assert torch.equal(logits_to_labels(logits, q2c, 40.0, 0.4, chunk_elements=chunk), full)
+    assert torch.equal(full, ref_postprocess(logits, q2c, 40.0, 0.4))
