@@ -311,32 +311,34 @@ def _report_exif(root: Path, img_dir: str, suffix: str) -> None:
 # Per-dataset preparation
 # =====================================================================================
 
-def prepare_voc(src: Path, dst: Path, link_mode: str = "symlink", progress: bool = True) -> PrepareStats:
-    """VOC2012: no conversion; locate the VOC2012 folder in ``src`` and provide it at ``dst``."""
-    root = _find_dir(Path(src), ["", "VOC2012", "VOCdevkit/VOC2012", "VOCtrainval_11-May-2012/VOCdevkit/VOC2012"],
-                     "ImageSets/Segmentation/val.txt", "the VOC2012 folder")
+def _provide_unconverted(src: Path, candidates: Sequence[str], marker: str, what: str, subs: Sequence[str],
+                         dst: Path, key: str, image_dir: str, link_mode: str, progress: bool) -> PrepareStats:
+    """Locate a dataset that needs no conversion in ``src`` and provide its folders at ``dst``."""
+    root = _find_dir(Path(src), candidates, marker, what)
     stats = PrepareStats()
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets"):
+    for sub in subs:
         if _link_or_copy(root / sub, Path(dst) / sub, link_mode) in ("symlink", "copy"):
             stats.linked += 1
-    _final_check(["voc21"], Path(dst))
+    _final_check([key], Path(dst))
     if progress:
-        _report_exif(Path(dst), "JPEGImages", ".jpg")
+        _report_exif(Path(dst), image_dir, ".jpg")
     return stats
+
+
+def prepare_voc(src: Path, dst: Path, link_mode: str = "symlink", progress: bool = True) -> PrepareStats:
+    """VOC2012: no conversion; locate the VOC2012 folder in ``src`` and provide it at ``dst``."""
+    return _provide_unconverted(
+        src, ["", "VOC2012", "VOCdevkit/VOC2012", "VOCtrainval_11-May-2012/VOCdevkit/VOC2012"],
+        "ImageSets/Segmentation/val.txt", "the VOC2012 folder", ("JPEGImages", "SegmentationClass", "ImageSets"),
+        dst, "voc21", "JPEGImages", link_mode, progress)
 
 
 def prepare_ade20k(src: Path, dst: Path, link_mode: str = "symlink", progress: bool = True) -> PrepareStats:
     """ADEChallengeData2016: no conversion; provide ``images/`` and ``annotations/`` at ``dst``."""
-    root = _find_dir(Path(src), ["", "ADEChallengeData2016", "ade/ADEChallengeData2016"],
-                     "annotations/validation", "the ADEChallengeData2016 folder")
-    stats = PrepareStats()
-    for sub in ("images", "annotations"):
-        if _link_or_copy(root / sub, Path(dst) / sub, link_mode) in ("symlink", "copy"):
-            stats.linked += 1
-    _final_check(["ade20k"], Path(dst))
-    if progress:
-        _report_exif(Path(dst), "images/validation", ".jpg")
-    return stats
+    return _provide_unconverted(
+        src, ["", "ADEChallengeData2016", "ade/ADEChallengeData2016"], "annotations/validation",
+        "the ADEChallengeData2016 folder", ("images", "annotations"), dst, "ade20k", "images/validation",
+        link_mode, progress)
 
 
 def prepare_context(src: Path, dst: Path, json_path: Path | None = None, phases: Sequence[str] = ("train", "val"),

@@ -50,8 +50,7 @@ class ProxyCLIPEvaluator(pl.LightningModule):
     def segment(self, sample: dict[str, Any]) -> torch.Tensor:
         """One datamodule sample (resized uint8 image, original size) -> LongTensor [H0, W0]."""
         image = sample["image"].to(self.device, non_blocking=True)[None].float() / 255.0
-        logits = self.model.logits_at(image, tuple(sample["ori_size"]))
-        return self.model.labels_from_logits(logits)
+        return self.model.segment_resized(image, tuple(sample["ori_size"]))
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         for sample in batch:

@@ -77,7 +77,9 @@ class ProxyCLIP(nn.Module):
         prob_thd: pixels whose best class probability is below it become class 0.
         slide_crop, slide_stride: sliding-window size and step (0 < stride <= crop).
         short_side: test-time resize of ``predict``: short side to this, long side capped at 2048.
-        window_batch_size: windows per encoder call (memory bound; results do not depend on it).
+        window_batch_size: windows per encoder call (memory bound; results do not depend on it). Default:
+            8 on a GPU, where batching fills the device; 2 on CPU, where a single window already saturates
+            the cores and larger batches only raise the peak memory (resolved at run time, after any ``.to()``).
         attention: one of :data:`ATTENTIONS`.
         normalize, mask: ablations of the proxy attention (paper Table 4): without normalisation the
             logits are the raw cosine similarities (no shift, gamma = 1); without mask no key is dropped.
@@ -99,7 +101,7 @@ class ProxyCLIP(nn.Module):
         slide_stride: int = 112,
         short_side: int = 336,
         *,
-        window_batch_size: int = 8,
+        window_batch_size: int | None = None,
         attention: str = "proxy",
         normalize: bool = True,
         mask: bool = True,
@@ -119,7 +121,7 @@ class ProxyCLIP(nn.Module):
         _require(slide_stride <= slide_crop, f"slide_stride ({slide_stride}) must not exceed slide_crop ({slide_crop})")
         _require(short_side > 0, f"short_side must be positive, got {short_side}")
         _require(long_side_cap > 0, f"long_side_cap must be positive, got {long_side_cap}")
-        _require(window_batch_size >= 1, f"window_batch_size must be >= 1, got {window_batch_size}")
+        _require(window_batch_size is None or window_batch_size >= 1, f"window_batch_size must be >= 1, got {window_batch_size}")
         visual = getattr(clip_model, "visual", None)
         _require(visual is not None, "clip_model must be an open_clip CLIP model with a .visual tower")
         check_clip_visual(visual)
@@ -137,7 +139,7 @@ class ProxyCLIP(nn.Module):
         self.logit_scale, self.prob_thd = float(logit_scale), float(prob_thd)
         self.slide_crop, self.slide_stride, self.short_side = int(slide_crop), int(slide_stride), int(short_side)
         self.long_side_cap = int(long_side_cap)
-        self.window_batch_size = int(window_batch_size)
+        self.window_batch_size = None if window_batch_size is None else int(window_batch_size)
         self.attention, self.normalize, self.mask = attention, bool(normalize), bool(mask)
         self.register_buffer("query_to_class", query_to_class, persistent=False)
 
@@ -160,6 +162,11 @@ class ProxyCLIP(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.text_embeddings.device
+
+    @property
+    def effective_window_batch_size(self) -> int:
+        """``window_batch_size``, or its device default (8 on GPU, 2 on CPU) when it is ``None``."""
+        return self.window_batch_size or (8 if self.device.type == "cuda" else 2)
 
     # ----------------------------------------------------------------------------------- windows
     def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -193,13 +200,14 @@ class ProxyCLIP(nn.Module):
         return project_tokens(visual, mixed), grid
 
     @torch.no_grad()
-    def crop_logits(self, crops: torch.Tensor) -> torch.Tensor:
-        """Raw cosine logits of a batch of windows.
+    def grid_logits(self, crops: torch.Tensor) -> torch.Tensor:
+        """Raw cosine logits of a batch of windows on the feature grid.
 
         Args:
             crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
         Returns:
-            [B, Q, h, w] cosine similarities (dtype of the text embeddings, float32 by default) in [-1, 1], bilinearly upsampled from the feature grid.
+            [B, Q, H, W] cosine similarities in [-1, 1] (float32 by default) on the VFM grid (CLIP grid
+            for the baselines).
         """
         if crops.dim() != 4 or crops.shape[1] != 3:
             raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
@@ -209,8 +217,19 @@ class ProxyCLIP(nn.Module):
         with torch.autocast(device_type=crops.device.type, enabled=False):
             embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
             logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
-            logits = logits.reshape(crops.shape[0], -1, *grid)
-            return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            return logits.reshape(crops.shape[0], -1, *grid)
+
+    @torch.no_grad()
+    def crop_logits(self, crops: torch.Tensor) -> torch.Tensor:
+        """Raw cosine logits of a batch of windows.
+
+        Args:
+            crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
+        Returns:
+            [B, Q, h, w] cosine similarities (dtype of the text embeddings, float32 by default), bilinearly
+            upsampled from the feature grid.
+        """
+        return F.interpolate(self.grid_logits(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def slide_logits(self, image: torch.Tensor) -> torch.Tensor:
@@ -223,11 +242,11 @@ class ProxyCLIP(nn.Module):
         """
         return sliding_window_logits(
             image.to(self.device),
-            self.crop_logits,
+            self.grid_logits,
             num_queries=len(self.queries),
             crop=self.slide_crop,
             stride=self.slide_stride,
-            window_batch_size=self.window_batch_size,
+            window_batch_size=self.effective_window_batch_size,
             pad_value=CLIP_MEAN,
         )
 
@@ -240,15 +259,19 @@ class ProxyCLIP(nn.Module):
         return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device).float() / 255.0
 
     @torch.no_grad()
-    def logits_at(self, resized: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Sliding-window logits of a resized [1, 3, h, w] image, bilinearly resized to ``size``: [Q, H0, W0]."""
-        logits = self.slide_logits(resized)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0]
+    def segment_resized(self, image: torch.Tensor, size: tuple[int, int], prob_thd: float | None = None) -> torch.Tensor:
+        """Label map of an image already resized to the test scale.
 
-    def labels_from_logits(self, logits: torch.Tensor, prob_thd: float | None = None) -> torch.Tensor:
-        """[Q, H, W] logits -> LongTensor [H, W] class ids (see :mod:`proxyclip_pl.postprocess`)."""
+        Args:
+            image: [1, 3, h, w] RGB in [0, 1] (e.g. a datamodule sample / 255).
+            size: the original (H0, W0); the logits are upsampled bilinearly to it before post-processing.
+            prob_thd: overrides the model's threshold.
+        Returns:
+            LongTensor [H0, W0] of class ids in [0, C).
+        """
         thd = self.prob_thd if prob_thd is None else prob_thd
-        return logits_to_labels(logits, self.query_to_class, self.logit_scale, thd)
+        logits = self.slide_logits(image)[0]
+        return logits_to_labels(logits, self.query_to_class, self.logit_scale, thd, size=tuple(size))
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> torch.Tensor:
@@ -260,5 +283,4 @@ class ProxyCLIP(nn.Module):
             LongTensor [H, W] of class ids in [0, C), on the model's device.
         """
         rgb = to_rgb_uint8(image)
-        logits = self.logits_at(self.preprocess(rgb), rgb.shape[:2])
-        return self.labels_from_logits(logits)
+        return self.segment_resized(self.preprocess(rgb), rgb.shape[:2])

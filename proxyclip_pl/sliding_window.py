@@ -50,7 +50,7 @@ def symmetric_padding(height: int, width: int, multiple: int = PAD_MULTIPLE) -> 
 
 def sliding_window_logits(
     image: torch.Tensor,
-    crop_logits: Callable[[torch.Tensor], torch.Tensor],
+    window_logits: Callable[[torch.Tensor], torch.Tensor],
     num_queries: int,
     crop: int,
     stride: int,
@@ -61,8 +61,10 @@ def sliding_window_logits(
 
     Args:
         image: [1, 3, H, W] RGB in [0, 1] (already resized).
-        crop_logits: [b, 3, h, w] -> [b, Q, h, w] raw cosine logits of b windows.
-        window_batch_size: windows per ``crop_logits`` call (bounds memory; results do not depend on it).
+        window_logits: [b, 3, h, w] -> [b, Q, gh, gw] raw cosine logits of b windows on the feature grid;
+            each window is upsampled bilinearly (align_corners=False) to (h, w) here, one at a time, so
+            the b x Q x h x w tensor is never held.
+        window_batch_size: windows per ``window_logits`` call (bounds memory; results do not depend on it).
         pad_value: RGB fill in [0, 1] for windows padded to a multiple of 56 (the CLIP mean, i.e. zero
             after CLIP normalisation).
     Returns:
@@ -74,6 +76,7 @@ def sliding_window_logits(
     boxes = window_grid(height, width, crop, stride)
     win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
     left, right, top, bottom = pad = symmetric_padding(win_h, win_w)
+    padded = (win_h + top + bottom, win_w + left + right)
     fill = torch.tensor(pad_value, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
     preds = torch.zeros(num_queries, height, width, device=image.device, dtype=torch.float32)
     for start in range(0, len(boxes), window_batch_size):
@@ -81,8 +84,9 @@ def sliding_window_logits(
         crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
         if any(pad):
             crops = F.pad(crops - fill, pad) + fill
-        logits = crop_logits(crops)[..., top:top + win_h, left:left + win_w]
-        for (y1, y2, x1, x2), window in zip(chunk, logits):
-            preds[:, y1:y2, x1:x2] += window.float()
+        grid_logits = window_logits(crops)
+        for (y1, y2, x1, x2), logits in zip(chunk, grid_logits):
+            logits = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)[0]
+            preds[:, y1:y2, x1:x2] += logits[:, top:top + win_h, left:left + win_w].float()
     count = window_counts(height, width, boxes).to(preds.device)
     return (preds / count)[None]

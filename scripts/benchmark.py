@@ -383,10 +383,11 @@ def probe_argv(args: argparse.Namespace, size: tuple[int, int]) -> list[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--_memory-probe", "--image-size", f"{size[0]}x{size[1]}",
             "--precision", args.precision, "--device", args.device, "--image-seed", str(args.image_seed),
             "--clip", args.clip, "--vfm", args.vfm, "--vfm-weights", args.vfm_weights, "--attention", args.attention,
-            "--seed", str(args.seed), "--window-batch-size", str(args.window_batch_size)]
+            "--seed", str(args.seed)]
     if args.clip_weights is not None:
         argv += ["--clip-weights", args.clip_weights]
     for flag, value in (("--threads", args.threads), ("--vocabulary", args.vocabulary),
+                        ("--window-batch-size", args.window_batch_size),
                         ("--dataset-settings", args.dataset_settings), ("--short-side", args.short_side),
                         ("--crop", args.crop), ("--stride", args.stride), ("--prob-thd", args.prob_thd)):
         if value is not None:
@@ -543,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(device),
         "config": {
             "clip": args.clip, "clip_weights": args.clip_weights, "vfm": args.vfm, "vfm_weights": args.vfm_weights,
-            "attention": args.attention, "seed": args.seed, "window_batch_size": args.window_batch_size,
+            "attention": args.attention, "seed": args.seed, "window_batch_size": model.effective_window_batch_size,
             "precision": args.precision,
             "autocast_dtype": None if PRECISIONS[args.precision] is None else str(dtype).replace("torch.", ""),
             "device": str(device), "threads": args.threads, "warmup": args.warmup, "runs": args.runs,

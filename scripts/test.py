@@ -110,7 +110,7 @@ def configuration(args: argparse.Namespace, key: str, model, world_size: int) ->
         "long_side_cap": model.long_side_cap,
         "slide_crop": model.slide_crop,
         "slide_stride": model.slide_stride,
-        "window_batch_size": model.window_batch_size,
+        "window_batch_size": model.effective_window_batch_size,
         "num_queries": len(model.queries),
         "precision": args.precision,
         "world_size": world_size,

@@ -62,7 +62,8 @@ def test_one_window_loop_equals_predict(model_files, size, settings):
     assert len(torch.unique(fast)) > 1  # a non-trivial map
 
     # with a threshold that sends part of the image to class 0
-    logits = model.logits_at(model.preprocess(image), image.shape[:2])
+    logits = torch.nn.functional.interpolate(model.slide_logits(model.preprocess(image)), size=image.shape[:2],
+                                             mode="bilinear", align_corners=False)[0]
     max_prob = torch.softmax(model.logit_scale * logits, dim=0).max(dim=0).values
     # midway between two well-separated pixel values near the median, so no pixel sits on the threshold
     # (the fast path computes the best probability without a materialised softmax: ulps may differ)

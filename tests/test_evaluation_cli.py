@@ -17,6 +17,7 @@ from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 SIZES = ((60, 80), (50, 70), (90, 40))
+TABLE_ORDER = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
 
 
 def run(args, timeout=600):
@@ -124,3 +125,18 @@ def test_cli_errors_are_one_line(setup, args, needle):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
+
+
+def test_data_all_prints_a_table_row_and_writes_every_benchmark(tmp_path, setup):
+    d, _, flags = setup
+    data = tmp_path / "data"
+    for key in TABLE_ORDER:
+        make_fake_benchmark(key, data, 2, sizes=((40, 56),))
+    result = run(["--data", "all", "--data-root", str(data), "--limit", "1", "--output-dir", str(tmp_path / "out"), *flags])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(summary) == TABLE_ORDER + ["avg"]
+    per = [json.loads((tmp_path / "out" / k / "results.json").read_text()) for k in TABLE_ORDER]
+    assert [r["dataset"] for r in per] == TABLE_ORDER and all(r["num_images"] == 1 for r in per)
+    assert summary["avg"] == round(sum(r["mIoU"] for r in per) / 8, 2)
+    assert all(k in result.stdout for k in TABLE_ORDER)

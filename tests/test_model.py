@@ -393,6 +393,11 @@ def test_postprocess_chunking_does_not_change_labels():
     q2c = torch.tensor([0, 0, 1, 2, 2, 2, 3])
     logits = torch.randn(7, 53, 61, generator=g) * 0.05
     full = logits_to_labels(logits, q2c, 40.0, 0.4, chunk_elements=1 << 30)
-    for chunk in (1, 7 * 61, 7 * 61 * 5 + 3):
+    for chunk in (1, 53 * 61, 53 * 61 * 5 + 3):
         assert torch.equal(logits_to_labels(logits, q2c, 40.0, 0.4, chunk_elements=chunk), full)
     assert torch.equal(full, ref_postprocess(logits, q2c, 40.0, 0.4))
+    # upsampling inside, a few queries at a time == the official full upsampling then post-processing
+    up = F.interpolate(logits[None], size=(120, 97), mode="bilinear", align_corners=False)[0]
+    for chunk in (1, 120 * 97 * 2, 1 << 30):
+        got = logits_to_labels(logits, q2c, 40.0, 0.4, size=(120, 97), chunk_elements=chunk)
+        assert torch.equal(got, ref_postprocess(up, q2c, 40.0, 0.4))
