@@ -17,7 +17,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vfm-weights", default=PRETRAINED, help="'pretrained', checkpoint path or 'random' (default: %(default)s)")
     g.add_argument("--attention", default="proxy", choices=["proxy", "vfm", "maskclip", "clip"], help="proxy attention, the VFM's raw attention, or a no-VFM baseline")
     g.add_argument("--seed", type=int, default=0, help="seed of 'random' weights (default: %(default)s)")
-    g.add_argument("--window-batch-size", type=int, default=None, help="windows per encoder call (default: 8 on GPU, 2 on CPU)")
+    g.add_argument("--window-batch-size", type=int, default=None, help="windows per encoder call (default: 8 on GPU, 1 on CPU)")
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:

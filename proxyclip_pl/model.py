@@ -78,7 +78,7 @@ class ProxyCLIP(nn.Module):
         slide_crop, slide_stride: sliding-window size and step (0 < stride <= crop).
         short_side: test-time resize of ``predict``: short side to this, long side capped at 2048.
         window_batch_size: windows per encoder call (memory bound; results do not depend on it). Default:
-            8 on a GPU, where batching fills the device; 2 on CPU, where a single window already saturates
+            8 on a GPU, where batching fills the device; 1 on CPU, where a single window already saturates
             the cores and larger batches only raise the peak memory (resolved at run time, after any ``.to()``).
         attention: one of :data:`ATTENTIONS`.
         normalize, mask: ablations of the proxy attention (paper Table 4): without normalisation the
@@ -165,8 +165,8 @@ class ProxyCLIP(nn.Module):
 
     @property
     def effective_window_batch_size(self) -> int:
-        """``window_batch_size``, or its device default (8 on GPU, 2 on CPU) when it is ``None``."""
-        return self.window_batch_size or (8 if self.device.type == "cuda" else 2)
+        """``window_batch_size``, or its device default (8 on GPU, 1 on CPU) when it is ``None``."""
+        return self.window_batch_size or (8 if self.device.type == "cuda" else 1)
 
     # ----------------------------------------------------------------------------------- windows
     def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
