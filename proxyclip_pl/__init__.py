@@ -2,6 +2,8 @@
 
 The method is plain PyTorch (:class:`ProxyCLIP`); Lightning only wraps it for distributed evaluation.
 """
+__version__ = "0.1.0"
+
 from .factory import CLIP_MODELS, VFM_MODELS, WeightsNotFoundError, build_clip, build_proxyclip, build_vfm
 from .model import ATTENTIONS, ProxyCLIP
 from .vocabulary import flatten_vocabulary, load_vocabulary, parse_vocabulary

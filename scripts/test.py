@@ -116,7 +116,7 @@ def configuration(args: argparse.Namespace, key: str, model, world_size: int) ->
         "world_size": world_size,
         "num_nodes": args.num_nodes,
         "versions": {
-            "proxyclip_pl": getattr(proxyclip_pl, "__version__", "0.1.0"),
+            "proxyclip_pl": proxyclip_pl.__version__,
             "torch": torch.__version__,
             "lightning": lightning.__version__,
             "torchmetrics": torchmetrics.__version__,
