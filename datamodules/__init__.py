@@ -22,6 +22,7 @@ _SUBMODULE_OF = {
     "DatasetLayoutError": "dataset", "SegmentationTestDataset": "dataset", "build_sample_list": "dataset",
     "list_collate": "dataset",
     "DataFileError": "io", "MissingFileError": "io", "read_image": "io", "read_label": "io",
+    "array_to_rgb_uint8": "io",
     "BENCHMARKS": "presets", "BenchmarkPreset": "presets",
     "UnrepeatedDistributedSampler": "sampler",
     "IGNORE_INDEX": "transforms", "ResizeShortSide": "transforms", "apply_label_transform": "transforms",
@@ -52,7 +53,7 @@ __all__ = [
     "VOC21DataModule", "VOC20DataModule", "Context60DataModule", "Context59DataModule",
     "COCOObjectDataModule", "COCOStuffDataModule", "CityscapesDataModule", "ADE20KDataModule",
     "SegmentationTestDataset", "build_sample_list", "list_collate", "UnrepeatedDistributedSampler",
-    "read_image", "read_label", "DataFileError", "MissingFileError", "DatasetLayoutError",
+    "read_image", "read_label", "array_to_rgb_uint8", "DataFileError", "MissingFileError", "DatasetLayoutError",
     "DatasetCountWarning", "default_data_root", "IGNORE_INDEX", "ResizeShortSide",
     "build_test_transform", "rescale_size", "resize_short_side", "label_lut", "apply_label_transform",
 ]

@@ -34,20 +34,34 @@ def _open(path: str | os.PathLike, kind: str) -> Image.Image:
     return img
 
 
+def array_to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any HxW / HxWx1 / HxWx3 / HxWx4 array -> uint8 HxWx3 RGB (alpha dropped like OpenCV IMREAD_COLOR).
+
+    uint8 is kept; other integers are 16-bit data whose top byte is kept (OpenCV's 16->8 bit rule, so
+    65535 -> 255); floats are taken to be in [0, 1]. Raises ``ValueError`` for other shapes or dtypes.
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+    image = image[:, :, :3]
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    if np.issubdtype(image.dtype, np.integer):
+        return np.ascontiguousarray((np.clip(image.astype(np.int64), 0, 65535) >> 8).astype(np.uint8))
+    if np.issubdtype(image.dtype, np.floating):
+        return np.ascontiguousarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8))
+    raise ValueError(f"unsupported image dtype {image.dtype}; expected uint8, 16-bit integers or float in [0, 1]")
+
+
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
-    """Any PIL mode -> uint8 HxWx3 RGB (alpha dropped like OpenCV IMREAD_COLOR)."""
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit data: keep the top byte (OpenCV's 16->8 bit rule), so 65535 -> 255.
-        arr = np.asarray(img).astype(np.int64)
-        gray = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        # Float images are taken to be in [0, 1].
-        arr = np.asarray(img, dtype=np.float64)
-        gray = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode != "RGB":
+    """Any PIL mode -> uint8 HxWx3 RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return array_to_rgb_uint8(np.asarray(img))
+    if img.mode != "RGB":
         img = img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 

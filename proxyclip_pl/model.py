@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.io import array_to_rgb_uint8 as to_rgb_uint8  # noqa: F401  (gray/RGBA/16-bit inputs)
+
 from .clip_encoder import (
     CLIP_MEAN,
     CLIP_STD,
@@ -34,28 +36,6 @@ from .vocabulary import encode_text_embeddings, flatten_vocabulary
 #: ``proxy``: ProxyCLIP; ``vfm``: the VFM's own last-layer attention in place of the proxy attention;
 #: ``maskclip`` / ``clip``: the no-VFM baselines (value path / the unchanged last block, CLIP grid).
 ATTENTIONS = ("proxy", "vfm", "maskclip", "clip")
-
-
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any HxW / HxWx1 / HxWx3 / HxWx4 array (uint8, uint16 or float in [0, 1]) -> uint8 HxWx3 RGB.
-
-    Alpha is dropped; 16-bit keeps the top byte (as OpenCV does); float is scaled by 255 and rounded.
-    """
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
-    image = image[:, :, :3]
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    if image.dtype == np.uint16:
-        return np.ascontiguousarray((image >> 8).astype(np.uint8))
-    if np.issubdtype(image.dtype, np.floating):
-        return np.ascontiguousarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8))
-    raise ValueError(f"unsupported image dtype {image.dtype}; expected uint8, uint16 or float in [0, 1]")
 
 
 def _require(condition: bool, message: str) -> None:
