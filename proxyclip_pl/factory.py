@@ -270,7 +270,8 @@ def build_proxyclip(
     if vfm_model is not None:
         vfm_model.to(device)
     proxyclip_kwargs.setdefault("vfm_kind", kind)
-    return ProxyCLIP(clip_model, vfm_model, vocabulary, tokenizer=tokenizer, **proxyclip_kwargs)
+    model = ProxyCLIP(clip_model, vfm_model, vocabulary, tokenizer=tokenizer, **proxyclip_kwargs)
+    return model.to(device)
 
 
 def release_text_tower(clip_model: nn.Module) -> None:

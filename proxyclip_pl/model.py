@@ -121,7 +121,10 @@ class ProxyCLIP(nn.Module):
         self.long_side_cap = int(long_side_cap)
         self.window_batch_size = None if window_batch_size is None else int(window_batch_size)
         self.attention, self.normalize, self.mask = attention, bool(normalize), bool(mask)
-        self.register_buffer("query_to_class", query_to_class, persistent=False)
+        # Buffers start on the parameters' device (a model may be built from towers already on a GPU);
+        # afterwards they move with every ``.to()``.
+        device = next(self.clip.parameters()).device
+        self.register_buffer("query_to_class", query_to_class.to(device), persistent=False)
 
         if text_embeddings is None:
             if tokenizer is None:
@@ -133,7 +136,7 @@ class ProxyCLIP(nn.Module):
             text_embeddings.dim() == 2 and text_embeddings.shape[0] == len(queries),
             f"text_embeddings must be [Q={len(queries)}, d], got {tuple(text_embeddings.shape)}",
         )
-        self.register_buffer("text_embeddings", F.normalize(text_embeddings.float(), dim=-1), persistent=False)
+        self.register_buffer("text_embeddings", F.normalize(text_embeddings.to(device).float(), dim=-1), persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -141,7 +144,8 @@ class ProxyCLIP(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.text_embeddings.device
+        """The device of the CLIP weights: inputs go there (buffers follow every ``.to()``)."""
+        return next(self.clip.parameters()).device
 
     @property
     def effective_window_batch_size(self) -> int:
