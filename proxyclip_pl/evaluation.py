@@ -3,9 +3,15 @@
 Each rank segments its shard (the datamodule's non-padding sampler gives every image to exactly one
 rank) and adds integer per-class areas to a sum-reduced metric; at the end of the epoch every rank
 calls ``compute()`` once (one collective), which also checks that each image was seen exactly once.
+
+Results leave the workers through a file written by global rank 0 (``results_file``), never through an
+attribute of the module: with ``ddp_spawn`` (and notebook launchers) the caller's module object is not
+the one the workers ran, so only a file reaches the caller under every launcher.
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +33,8 @@ class ProxyCLIPEvaluator(pl.LightningModule):
         num_samples: dataset length; every index in [0, num_samples) must be evaluated exactly once.
         prediction_dir: if set, write ``<id>.png`` uint8 label maps (evaluation label space) there.
         show_dir: if set, write ``<id>.png`` panels image | prediction | ground truth there.
+        results_file: if set, global rank 0 writes the dataset-level metrics there as JSON (atomically)
+            at the end of the test epoch; read it with :func:`read_results`.
     """
 
     def __init__(
@@ -36,6 +44,7 @@ class ProxyCLIPEvaluator(pl.LightningModule):
         num_samples: int,
         prediction_dir: str | Path | None = None,
         show_dir: str | Path | None = None,
+        results_file: str | Path | None = None,
     ) -> None:
         super().__init__()
         if model.num_classes != len(class_names):
@@ -45,6 +54,9 @@ class ProxyCLIPEvaluator(pl.LightningModule):
         self.metric = SegmentationIoU(len(class_names), num_samples=num_samples)
         self.prediction_dir = Path(prediction_dir) if prediction_dir else None
         self.show_dir = Path(show_dir) if show_dir else None
+        self.results_file = Path(results_file) if results_file else None
+        #: The metrics in this process (global rank 0 of an in-process run); launchers that run the
+        #: workers elsewhere (``ddp_spawn``) leave it ``None`` here: use ``results_file``.
         self.results: dict[str, Any] | None = None
 
     def segment(self, sample: dict[str, Any]) -> torch.Tensor:
@@ -75,6 +87,10 @@ class ProxyCLIPEvaluator(pl.LightningModule):
             Image.fromarray(panel).save(self.show_dir / f"{name}.png")
 
     def on_test_epoch_start(self) -> None:
+        # ddp_spawn pickles the module into each worker; on the CPU torch pickles tensors into shared
+        # memory, so every worker would add into the same metric states and the all-reduce would count
+        # each image twice. reset() gives each worker private copies.
+        self.metric.reset()
         for folder in (self.prediction_dir, self.show_dir):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -86,8 +102,24 @@ class ProxyCLIPEvaluator(pl.LightningModule):
         results["per_class_iou"] = dict(zip(self.class_names, results["per_class_iou"]))
         results["per_class_acc"] = dict(zip(self.class_names, results["per_class_acc"]))
         self.results = results
+        if self.results_file is not None and self.trainer.is_global_zero:
+            write_json_atomic(self.results_file, results)
         for key in ("mIoU", "mAcc", "aAcc"):
             self.log(key, results[key], sync_dist=False, rank_zero_only=True)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON so that a reader never sees a partial file (temporary file + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """The metrics written by :class:`ProxyCLIPEvaluator` (``results_file``) in the caller's process."""
+    if not path.is_file():
+        raise RuntimeError(f"the evaluation finished without writing its results to {path}")
+    return json.loads(path.read_text())
 
 
 class ImagesPerSecondBar(TQDMProgressBar):

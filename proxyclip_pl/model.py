@@ -28,6 +28,7 @@ from .clip_encoder import (
     vanilla_embeddings,
 )
 from .postprocess import logits_to_labels
+from .precision import autocast_off
 from .proxy_attention import proxy_attention
 from .sliding_window import sliding_window_logits
 from .vfm import VFM_KINDS, check_vfm, normalize, vfm_features, vfm_raw_attention
@@ -197,8 +198,7 @@ class ProxyCLIP(nn.Module):
             raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
         crops = crops.to(self.device)
         embeddings, grid = self.dense_embeddings(crops)
-        # Cosine logits are averaged over windows and then scaled by 40: keep them in fp32 under autocast.
-        with torch.autocast(device_type=crops.device.type, enabled=False):
+        with autocast_off(crops.device):
             embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
             logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
             return logits.reshape(crops.shape[0], -1, *grid)

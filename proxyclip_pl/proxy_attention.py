@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import autocast_off
+
 
 def cosine_similarity_matrix(features: torch.Tensor) -> torch.Tensor:
     """[B, N, C] tokens -> [B, N, N] cosine similarities, in at least fp32 even under autocast.
@@ -21,7 +23,7 @@ def cosine_similarity_matrix(features: torch.Tensor) -> torch.Tensor:
     The mask compares every entry with beta * mean, so half-precision rounding here would move keys
     across the threshold; the encoders may run in bf16/fp16, these statistics do not.
     """
-    with torch.autocast(device_type=features.device.type, enabled=False):
+    with autocast_off(features.device):
         f = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
         return f @ f.transpose(1, 2)
 

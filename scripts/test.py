@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxyclip_pl.cli import add_model_arguments, model_kwargs, run_cli  # noqa: E402
 
+#: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
 #: Table 1 column order.
 TABLE_ORDER = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
 
@@ -34,7 +36,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "cuda", "auto"])
     p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--strategy", default="auto", help="Lightning strategy; 'ddp' is used for more than one device")
+    p.add_argument("--strategy", default="auto",
+                   help=f"one of {', '.join(STRATEGIES)}; 'auto' is 'ddp' (one process per device) for several devices")
     p.add_argument("--precision", default="32", choices=["32", "32-true", "16-mixed", "bf16-mixed"])
     p.add_argument("--output-dir", default="outputs", help="results.json (and predictions) go here")
     p.add_argument("--save-predictions", action="store_true", help="write DIR/predictions/<id>.png label maps")
@@ -52,6 +55,8 @@ def check_devices(args: argparse.Namespace) -> str:
 
     if args.devices < 1 or args.num_nodes < 1:
         raise ValueError(f"--devices and --num-nodes must be >= 1 (got {args.devices}, {args.num_nodes})")
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
     accelerator = {"cuda": "gpu", "auto": "gpu" if torch.cuda.is_available() else "cpu"}.get(args.accelerator, args.accelerator)
     available = torch.cuda.device_count() if accelerator == "gpu" else (os.cpu_count() or 1)
     if args.devices > available:
@@ -134,7 +139,7 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
 
     from datamodules import BENCHMARKS, build_datamodule
     from proxyclip_pl import build_proxyclip, load_vocabulary
-    from proxyclip_pl.evaluation import ImagesPerSecondBar, ProxyCLIPEvaluator, format_results_table
+    from proxyclip_pl.evaluation import ImagesPerSecondBar, ProxyCLIPEvaluator, format_results_table, read_results
 
     preset = BENCHMARKS[key]
     dm = build_datamodule(key, data_root=data_root_for(key, args), num_workers=args.num_workers)
@@ -142,16 +147,26 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
     if args.limit is not None:
         dm.test_dataset = torch.utils.data.Subset(dm.test_dataset, range(min(args.limit, len(dm.test_dataset))))
     num_samples = len(dm.test_dataset)
+    ranks = args.devices * args.num_nodes
+    if ranks > num_samples:
+        # A rank without images never reaches the collective metric reduction (Lightning skips its
+        # loop), so the others would wait for it until the timeout: refuse before any process starts.
+        raise ValueError(f"{key}: {num_samples} image(s) for {ranks} processes (--devices {args.devices} x "
+                         f"--num-nodes {args.num_nodes}); every process needs at least one image: use at most "
+                         f"{num_samples} device(s){' or a larger --limit' if args.limit is not None else ''}")
 
     model = build_proxyclip(
         load_vocabulary(preset.vocabulary_file), prob_thd=preset.prob_thd, short_side=preset.short_side,
         slide_crop=preset.crop_size, slide_stride=preset.stride, text_cache_dir=args.text_cache_dir,
         **model_kwargs(args),
     )
+    metrics_file = out_dir / ".metrics.json"
+    metrics_file.unlink(missing_ok=True)  # never read a previous run's numbers
     module = ProxyCLIPEvaluator(
         model, dm.class_names, num_samples,
         prediction_dir=out_dir / "predictions" if args.save_predictions else None,
         show_dir=Path(args.show_dir) / key if args.show_dir and args.data == "all" else args.show_dir,
+        results_file=metrics_file,
     )
     strategy = args.strategy
     if strategy == "auto" and args.devices * args.num_nodes > 1:
@@ -166,7 +181,8 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
     seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
         return None
-    results = module.results
+    results = read_results(metrics_file)
+    metrics_file.unlink()
     if results["num_images"] != num_samples:
         raise RuntimeError(f"evaluated {results['num_images']} images, expected {num_samples}")
     results = {
