@@ -1,0 +1,284 @@
+"""Native per-dataset test protocols of SCLIP, NACLIP and ClearCLIP, as data.
+
+Every value comes from the official repositories (snapshot commits in :data:`METHODS`):
+
+* the ``Resize(scale=(2048, S), keep_ratio=True)`` step of ``configs/cfg_<dataset>.py`` gives the short side S
+  and the long-side cap 2048 (mmcv: ``scale = min(2048 / long, S / short)``);
+* the ``model=dict(...)`` overrides of the same file, on top of the segmentor's constructor defaults
+  (SCLIP ``clip_segmentor.py`` ``CLIPForSegmentation``, NACLIP ``naclip.py`` ``NACLIP``, ClearCLIP
+  ``clearclip_segmentor.py`` ``ClearCLIPSegmentation``), give the window, logit scale and thresholds;
+* NACLIP's published numbers are produced with ``test_all.sh reduced naclip 5 on`` (README), i.e. PAMR on,
+  which ``eval.py`` turns into ``pamr_steps=10`` (also the constructor default). SCLIP's ``pamr_steps``
+  defaults to 0 and no config sets it; ClearCLIP has no PAMR.
+
+``slide_crop == 0`` means the whole image is encoded at once (NACLIP's VOC21/VOC20); ``slide_stride`` is
+then the unused constructor default, kept as the official value.
+
+Dataset keys are this package's benchmark keys; :data:`OFFICIAL_CONFIGS` maps them to the config files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+
+#: package dataset key -> official config file (same name in all three repositories).
+OFFICIAL_CONFIGS: Mapping[str, str] = MappingProxyType({
+    "voc21": "configs/cfg_voc21.py",
+    "context60": "configs/cfg_context60.py",
+    "coco_object": "configs/cfg_coco_object.py",
+    "voc20": "configs/cfg_voc20.py",
+    "context59": "configs/cfg_context59.py",
+    "coco_stuff": "configs/cfg_coco_stuff164k.py",
+    "cityscapes": "configs/cfg_city_scapes.py",
+    "ade20k": "configs/cfg_ade20k.py",
+})
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One method's test protocol on one dataset.
+
+    Attributes:
+        short_side: test resize short side S (mmcv ``Resize(scale=(long_side_cap, S), keep_ratio=True)``).
+        long_side_cap: the long side is capped at this.
+        slide_crop: sliding-window side; 0 = whole image, no windows.
+        slide_stride: window step (unused when ``slide_crop == 0``).
+        logit_scale: multiplies the cosine logits before the softmax over queries.
+        prob_thd: pixels whose best class probability is below it become class 0.
+        area_thd: SCLIP's foreground area filter (see
+            :func:`proxyclip_pl.correlative_attention.area_filter`); ``None`` = off.
+        pamr_steps: PAMR iterations (0 = off; dilations in :attr:`MethodInfo.pamr_dilations`).
+    """
+
+    short_side: int
+    long_side_cap: int
+    slide_crop: int
+    slide_stride: int
+    logit_scale: float
+    prob_thd: float
+    area_thd: float | None
+    pamr_steps: int
+
+    def __post_init__(self) -> None:
+        def require(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(f"invalid Protocol: {message}")
+
+        for name in ("short_side", "long_side_cap", "slide_crop", "slide_stride", "pamr_steps"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an int, got {value!r}")
+        require(self.short_side > 0, f"short_side must be positive, got {self.short_side}")
+        require(self.long_side_cap >= self.short_side, f"long_side_cap ({self.long_side_cap}) < short_side ({self.short_side})")
+        require(self.slide_crop >= 0, f"slide_crop must be >= 0, got {self.slide_crop}")
+        require(self.slide_stride > 0, f"slide_stride must be positive, got {self.slide_stride}")
+        require(
+            self.slide_crop == 0 or self.slide_stride <= self.slide_crop,
+            f"slide_stride ({self.slide_stride}) exceeds slide_crop ({self.slide_crop})",
+        )
+        require(self.logit_scale > 0, f"logit_scale must be positive, got {self.logit_scale}")
+        require(0.0 <= self.prob_thd <= 1.0, f"prob_thd must lie in [0, 1], got {self.prob_thd}")
+        require(
+            self.area_thd is None or 0.0 <= self.area_thd <= 1.0, f"area_thd must be None or lie in [0, 1], got {self.area_thd}"
+        )
+        require(self.pamr_steps >= 0, f"pamr_steps must be >= 0, got {self.pamr_steps}")
+
+    @property
+    def whole_image(self) -> bool:
+        """Whether the whole resized image is encoded in one pass (no sliding window)."""
+        return self.slide_crop == 0
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """Per-method constants (the same for every dataset) and where they come from.
+
+    Attributes:
+        repository: GitHub owner/name of the official code; ``commit``: the snapshot read.
+        files: files the math and protocols were transcribed from.
+        mean, std: input normalisation in 0-255 RGB units (mmseg ``SegDataPreProcessor``; the BGR-loaded image
+            is flipped to RGB first).
+        synonym_separator: how a line of the class-name files is split into synonyms.
+        pamr_dilations: PAMR neighbour dilations (``pamr_stride``), ``()`` where the method has no PAMR.
+        precision: dtype the official code runs the CLIP image tower in.
+        window_padding: what happens to a window/image whose side is not a multiple of the patch size.
+        differences_from_proxyclip: every place the official pipeline differs from this package's ProxyCLIP.
+    """
+
+    repository: str
+    commit: str
+    files: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    synonym_separator: str
+    pamr_dilations: tuple[int, ...]
+    precision: str
+    window_padding: str
+    differences_from_proxyclip: tuple[str, ...]
+
+
+#: The 0-255 normalisation shared by the three repositories (CLIP's mean/std x 255, rounded to 3 decimals).
+OFFICIAL_MEAN = (122.771, 116.746, 104.094)
+OFFICIAL_STD = (68.501, 66.632, 70.323)
+
+_COMMON_DIFFERENCES = (
+    "input normalisation: mean/std (122.771, 116.746, 104.094)/(68.501, 66.632, 70.323) on 0-255 RGB, i.e. "
+    "CLIP's constants rounded to 3 decimals after x255 (ProxyCLIP here: the unrounded CLIP constants; relative "
+    "difference < 1e-5)",
+    "positional embedding: same bicubic +0.1 scale-factor rule as ProxyCLIP, but skipped whenever gh*gw equals "
+    "the table's patch count even for a non-square grid, and computed in the model dtype "
+    "(proxyclip_pl.method_positional.official_pos_embed)",
+    "no VFM: the last CLIP block itself is modified; features on the CLIP grid (stride 16)",
+)
+
+METHODS: Mapping[str, MethodInfo] = MappingProxyType({
+    "sclip": MethodInfo(
+        repository="wangf3014/SCLIP",
+        commit="b56bd3014b9e8a3ee3450bcfc53700a67d627b7a",
+        files=("clip/model.py", "clip_segmentor.py", "pamr.py", "configs/base_config.py", "configs/cfg_*.py",
+               "configs/cls_*.txt"),
+        mean=OFFICIAL_MEAN,
+        std=OFFICIAL_STD,
+        synonym_separator=", ",
+        pamr_dilations=(8, 16),
+        precision="fp16 (OpenAI clip.load on CUDA)",
+        window_padding="none: the conv floors the grid and the logits are stretched bilinearly over the window",
+        differences_from_proxyclip=_COMMON_DIFFERENCES + (
+            "last block: correlative self-attention, residuals and MLP kept",
+            "windows 224/112 instead of 336/112; test short side 336 (coco_stuff 448, cityscapes 560)",
+            "logit scale 40 except voc21 65, context60/coco_object 50",
+            "prob_thd 0.1 on voc21/context60/coco_object (ProxyCLIP 0.2/0.15/0.25)",
+            "area_thd 0.1 on voc21 (foreground classes covering <= 10% of the predicted foreground are dropped)",
+            "class-name files split on ', ' (ProxyCLIP here: '; '); different synonym lists, e.g. a 26-name "
+            "background line also for coco_object",
+        ),
+    ),
+    "naclip": MethodInfo(
+        repository="sinahmr/NACLIP",
+        commit="0cac3a651f753b11315ea799cfbfabf79da1bd76",
+        files=("clip/model.py", "naclip.py", "pamr.py", "eval.py", "test_all.sh", "configs/base_config.py",
+               "configs/cfg_*.py", "configs/cls_*.txt"),
+        mean=OFFICIAL_MEAN,
+        std=OFFICIAL_STD,
+        synonym_separator=", ",
+        pamr_dilations=(8, 16),
+        precision="fp16 (OpenAI clip.load on CUDA); PAMR affinities in fp32",
+        window_padding="none: the conv floors the grid and the logits are stretched bilinearly over the window",
+        differences_from_proxyclip=_COMMON_DIFFERENCES + (
+            "last block: k-k attention plus a Gaussian neighbourhood bias (std 5), no residual, no MLP",
+            "voc21/voc20: whole image, no sliding window; elsewhere windows 224/112",
+            "test short side 336 everywhere except cityscapes 560",
+            "PAMR (10 steps, dilations 8 and 16) on the raw logits at the original size",
+            "prob_thd 0.1 on voc21/context60/coco_object",
+            "class-name files split on ', ' (ProxyCLIP here: '; ')",
+        ),
+    ),
+    "clearclip": MethodInfo(
+        repository="mc-lan/ClearCLIP",
+        commit="ad68a404d55d48d27330b93554eb64a234ff717f",
+        files=("open_clip/transformer.py", "open_clip/model.py", "clearclip_segmentor.py", "configs/base_config.py",
+               "configs/cfg_*.py", "configs/cls_*.txt", "demo.py"),
+        mean=OFFICIAL_MEAN,
+        std=OFFICIAL_STD,
+        synonym_separator=",",
+        pamr_dilations=(),
+        precision="fp16 (open_clip precision='fp16', inputs .half())",
+        window_padding="zero padding in normalised space (= mean colour) up to a multiple of the patch size, "
+        "split left/top = total // 2; the logits are cropped back",
+        differences_from_proxyclip=_COMMON_DIFFERENCES + (
+            "last block: q-q attention, no residual, no MLP",
+            "windows 448/224 (cityscapes 224/224: no overlap); test short side 448 everywhere",
+            "logit scale 50",
+            "prob_thd 0.5 voc21, 0.15 context60, 0.4 coco_object",
+            "class-name files: one name per class, no synonyms (split on ',' but no line has one); "
+            "VOC21/Context60/COCO-Object background is the single word 'background'",
+            "configs/base_config.py ships model_type='vanilla'; ClearCLIP needs model_type='ClearCLIP'",
+        ),
+    ),
+})
+
+
+def _sclip(short_side: int, logit_scale: float = 40.0, prob_thd: float = 0.0, area_thd: float | None = None) -> Protocol:
+    # CLIPForSegmentation defaults: slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0, area_thd=None,
+    # pamr_steps=0
+    return Protocol(short_side, 2048, 224, 112, logit_scale, prob_thd, area_thd, 0)
+
+
+def _naclip(short_side: int, prob_thd: float = 0.0, slide_crop: int = 224) -> Protocol:
+    # NACLIP defaults: slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0; PAMR on -> 10 steps
+    return Protocol(short_side, 2048, slide_crop, 112, 40.0, prob_thd, None, 10)
+
+
+def _clearclip(prob_thd: float = 0.0, slide_crop: int = 448) -> Protocol:
+    # ClearCLIPSegmentation defaults: slide_crop=448, slide_stride=224, logit_scale=50, prob_thd=0; resize 448
+    return Protocol(448, 2048, slide_crop, 224, 50.0, prob_thd, None, 0)
+
+
+NATIVE_PROTOCOLS: Mapping[str, Mapping[str, Protocol]] = MappingProxyType({
+    "sclip": MappingProxyType({
+        "voc21": _sclip(336, logit_scale=65.0, prob_thd=0.1, area_thd=0.1),
+        "context60": _sclip(336, logit_scale=50.0, prob_thd=0.1),
+        "coco_object": _sclip(336, logit_scale=50.0, prob_thd=0.1),
+        "voc20": _sclip(336),
+        "context59": _sclip(336),
+        "coco_stuff": _sclip(448),
+        "cityscapes": _sclip(560),
+        "ade20k": _sclip(336),
+    }),
+    "naclip": MappingProxyType({
+        "voc21": _naclip(336, prob_thd=0.1, slide_crop=0),
+        "context60": _naclip(336, prob_thd=0.1),
+        "coco_object": _naclip(336, prob_thd=0.1),
+        "voc20": _naclip(336, slide_crop=0),
+        "context59": _naclip(336),
+        "coco_stuff": _naclip(336),
+        "cityscapes": _naclip(560),
+        "ade20k": _naclip(336),
+    }),
+    "clearclip": MappingProxyType({
+        "voc21": _clearclip(prob_thd=0.5),
+        "context60": _clearclip(prob_thd=0.15),
+        "coco_object": _clearclip(prob_thd=0.4),
+        "voc20": _clearclip(),
+        "context59": _clearclip(),
+        "coco_stuff": _clearclip(),
+        "cityscapes": _clearclip(slide_crop=224),
+        "ade20k": _clearclip(),
+    }),
+})
+
+
+@dataclass(frozen=True)
+class ReportedResults:
+    """Published mIoU (%) of a method with CLIP ViT-B/16 (OpenAI weights); ``None`` where not in the source."""
+
+    source: str
+    miou: Mapping[str, float | None]
+
+
+REPORTED_MIOU: Mapping[str, ReportedResults] = MappingProxyType({
+    "sclip": ReportedResults(
+        source="wangf3014/SCLIP README.md, 'Results' table (default setup of the repository)",
+        miou=MappingProxyType({
+            "voc21": 59.63, "context60": 31.74, "coco_object": 33.52, "voc20": 81.54,
+            "context59": 34.46, "coco_stuff": 22.77, "cityscapes": 32.34, "ade20k": 16.45,
+        }),
+    ),
+    "naclip": ReportedResults(
+        source="sinahmr/NACLIP README.md, 'Results' table (default setup, PAMR on; paper v2 / WACV 2025 code)",
+        miou=MappingProxyType({
+            "voc21": 64.07, "context60": 34.99, "coco_object": 36.19, "voc20": 83.03,
+            "context59": 38.35, "coco_stuff": 25.69, "cityscapes": 38.27, "ade20k": 19.05,
+        }),
+    ),
+    "clearclip": ReportedResults(
+        source="mc-lan/ClearCLIP assets/results.png (paper Table 2, 'CLIP +ClearCLIP', ViT-B); the three "
+        "benchmarks with background are not in the repository",
+        miou=MappingProxyType({
+            "voc21": None, "context60": None, "coco_object": None, "voc20": 80.9,
+            "context59": 35.9, "coco_stuff": 23.9, "cityscapes": 30.0, "ade20k": 16.7,
+        }),
+    ),
+})
