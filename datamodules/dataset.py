@@ -42,7 +42,7 @@ def build_sample_list(preset: BenchmarkPreset, root: Path) -> list[tuple[str, Pa
     """(id, image path, label path) in protocol order; checks folders and the split file only.
 
     With a split file: its line order.  Otherwise: the image folder listed recursively,
-    files ending with the image suffix, sorted by full path string.
+    files ending with the image suffix and not starting with '.', sorted by full path string.
     """
     root = Path(root)
     if not root.is_dir():
@@ -67,7 +67,9 @@ def build_sample_list(preset: BenchmarkPreset, root: Path) -> list[tuple[str, Pa
         paths = []
         for dirpath, _dirs, files in os.walk(img_dir, followlinks=True):
             for name in files:
-                if name.endswith(preset.img_suffix):
+                # Hidden files (macOS AppleDouble '._x.jpg', ...) are skipped, as mmengine's scandir does;
+                # hidden folders are still walked, as there.
+                if name.endswith(preset.img_suffix) and not name.startswith("."):
                     paths.append(os.path.join(dirpath, name))
         for p in sorted(paths):
             rel = os.path.relpath(p, img_dir)[: -len(preset.img_suffix)]

@@ -41,6 +41,10 @@ class ConversionWarning(UserWarning):
     """Unexpected raw values were mapped to a fallback value."""
 
 
+class UnexpectedRawValueError(ValueError):
+    """A raw label map holds values the official data never contain; the message names the file and values."""
+
+
 def _progress(it: Iterable, total: int | None, desc: str, enable: bool = True):
     if _tqdm is None or not enable:
         return it
@@ -95,15 +99,21 @@ def coco_known_raw() -> np.ndarray:
 def convert_coco_stuffthingmap(raw: np.ndarray, source: str = "<array>") -> tuple[np.ndarray, np.ndarray]:
     """Raw stuffthingmap uint8 (H, W) -> (``_labelTrainIds``, ``_instanceTrainIds``) uint8 (H, W).
 
-    Raw values that never occur in the official maps become 255 in both outputs (ignored)
-    and raise a :class:`ConversionWarning` naming ``source``.
+    Raises:
+        UnexpectedRawValueError: ``raw`` holds values that never occur in the official maps (the 11 COCO
+            ids without masks, or > 181 other than 255). benchmarks.md §4 asks to fail loudly: such a map is
+            not an official stuffthingmap (wrong file, or already converted), and mapping the values to
+            255 would silently drop pixels from the evaluation.
     """
     raw = np.asarray(raw, dtype=np.uint8)
     present = np.bincount(raw.ravel(), minlength=256) > 0
     unknown = np.flatnonzero(present & ~coco_known_raw())
     if unknown.size:
-        warnings.warn(f"{source}: raw values {unknown.tolist()} never occur in COCO-Stuff-164k "
-                      "stuffthingmaps; mapped to 255 (ignored)", ConversionWarning, stacklevel=2)
+        raise UnexpectedRawValueError(
+            f"{source}: raw values {unknown.tolist()} never occur in COCO-Stuff-164k stuffthingmaps "
+            "(expected 0..181 without 11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90, and 255); is this an "
+            "official stuffthingmaps_trainval2017 file?"
+        )
     return coco_stuff_lut()[raw], coco_object_lut()[raw]
 
 

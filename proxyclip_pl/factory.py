@@ -13,11 +13,18 @@ Model names may also be JSON files: an open_clip model config for CLIP, or
 """
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +35,14 @@ PRETRAINED = "pretrained"
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are neither cached nor downloadable; the message says what to fetch and where."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A local checkpoint file cannot be read: empty, truncated (e.g. an interrupted download) or damaged."""
+
+
+class QuickGeluWarning(UserWarning):
+    """CLIP weights of unknown provenance are built with plain GELU; OpenAI-trained weights need QuickGELU."""
 
 
 @dataclass(frozen=True)
@@ -60,30 +75,233 @@ VFM_MODELS: dict[str, VfmPreset] = {
     "vit_small_patch16_224.dino": VfmPreset("vit_small_patch16_224.dino", "dino"),
     "vit_base_patch16_224.dino": VfmPreset("vit_base_patch16_224.dino", "dino"),
     "vit_base_patch14_reg4_dinov2.lvd142m": VfmPreset("vit_base_patch14_reg4_dinov2.lvd142m", "dinov2"),
+    # DINOv2 without registers (hub dinov2_vits14 / _vitb14 / _vitl14): the DINO rule (offset 0.1, no antialias).
+    "vit_small_patch14_dinov2.lvd142m": VfmPreset("vit_small_patch14_dinov2.lvd142m", "dino"),
+    "vit_base_patch14_dinov2.lvd142m": VfmPreset("vit_base_patch14_dinov2.lvd142m", "dino"),
+    "vit_large_patch14_dinov2.lvd142m": VfmPreset("vit_large_patch14_dinov2.lvd142m", "dino"),
     "samvit_base_patch16.sa1b": VfmPreset("samvit_base_patch16.sa1b", "sam"),
     "vit_base_patch16_224.mae": VfmPreset("vit_base_patch16_224.mae", "mae"),
+}
+
+#: torch.hub names of the official VFMs -> timm names (for the error message of an unknown name).
+HUB_NAMES = {
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vitb8": "vit_base_patch8_224.dino",
+    "dino_vits16": "vit_small_patch16_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
+    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
+    "dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m",
+    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
 }
 
 DEFAULT_CLIP = "ViT-B-16-quickgelu"
 DEFAULT_VFM = "vit_base_patch8_224.dino"
 
 
-def vfm_kind_for(model_name: str) -> str:
-    """ProxyCLIP feature recipe of a timm model name (generic ViTs behave as DINO v1)."""
-    if model_name in VFM_MODELS:
-        return VFM_MODELS[model_name].kind
-    base = model_name.split(".")[0]
-    if "dinov2" in base:
-        return "dinov2"
-    if base.startswith("samvit"):
+def vfm_kind_of(model: nn.Module) -> str:
+    """ProxyCLIP feature recipe (positional-embedding rule) read from a timm model's own configuration.
+
+    * a SAM image encoder -> ``sam``;
+    * register tokens (``num_reg_tokens > 0``) or a ``pos_embed`` without the class entry (``no_embed_class``)
+      -> ``dinov2``: the size rule with antialias, as the DINOv2 register hub models resample
+      (``interpolate_offset=0``, antialias) and as timm resamples such models;
+    * pretrained tag ``mae`` -> ``mae`` (size rule without antialias, applied once to the checkpoint);
+    * every other ViT -> ``dino``: offset 0.1, no antialias. This is DINO v1's rule, and also that of the
+      DINOv2 models *without* registers (hub ``dinov2_vitb14``: ``interpolate_offset=0.1``, no antialias).
+
+    ``dynamic_img_size`` is not consulted: it is a timm runtime option (size rule + antialias) that a user
+    may switch on for any ViT, not the rule the weights were released with (method.md §2.2).
+    """
+    from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+    if isinstance(model, VisionTransformerSAM):
         return "sam"
-    if model_name.endswith(".mae"):
+    if getattr(model, "num_reg_tokens", 0) > 0 or getattr(model, "no_embed_class", False):
+        return "dinov2"
+    if (getattr(model, "pretrained_cfg", None) or {}).get("tag") == "mae":
         return "mae"
     return "dino"
 
 
+def vfm_kind_for(model_name: str) -> str:
+    """ProxyCLIP feature recipe of a timm model name: the preset's, else read from the model's
+    configuration (:func:`vfm_kind_of` on the architecture built on the meta device: no memory, no weights)."""
+    if model_name in VFM_MODELS:
+        return VFM_MODELS[model_name].kind
+    import timm
+
+    _check_timm_name(model_name)
+    with torch.device("meta"):
+        return vfm_kind_of(timm.create_model(model_name, pretrained=False))
+
+
+def _close_matches(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'a', 'b'?)`` or an empty string."""
+    matches = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(m) for m in matches)}?)" if matches else ""
+
+
+def _check_timm_name(name: str) -> None:
+    """``ValueError`` for an unknown timm architecture or pretrained tag, with examples."""
+    import timm
+
+    if not timm.is_model(name):
+        hint = (f" (a torch.hub name; in timm: {HUB_NAMES[name]!r})" if name in HUB_NAMES
+                else _close_matches(name, timm.list_models(pretrained=True)))
+        raise ValueError(
+            f"unknown timm VFM {name!r}{hint}; "
+            f"e.g. {', '.join(VFM_MODELS)} (all names: timm.list_models(pretrained=True)), or a VFM spec .json"
+        )
+    try:
+        timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        arch = name.split(".")[0]
+        tags = timm.list_pretrained(f"{arch}.*")
+        raise ValueError(f"unknown pretrained tag in timm VFM {name!r}; known: {', '.join(tags) or 'none'}") from None
+
+
 def _is_path(weights: str) -> bool:
     return os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+#: Scalar entries of OpenAI's CLIP checkpoints (TorchScript archives and their state dicts) that open_clip's
+#: own checkpoints never have.
+OPENAI_CHECKPOINT_ENTRIES = ("input_resolution", "context_length", "vocab_size")
+
+
+def read_checkpoint(path: Path, what: str) -> dict[str, Any] | None:
+    """Open a local checkpoint to check that it is readable and to see its top-level entries.
+
+    Args:
+        path: a torch.save file (zip or legacy format), a TorchScript archive or a .safetensors file.
+        what: ``CLIP`` or ``VFM``, for the messages.
+    Returns:
+        The top-level mapping: tensors memory-mapped for torch zip files (cheap for big files), the state
+        dict of a TorchScript archive, entry names with ``None`` values for safetensors (only the header
+        is read). ``None`` when the file holds pickled Python objects that ``weights_only`` loading refuses
+        (then the model library's own loader decides).
+    Raises:
+        CorruptCheckpointError: the file is empty, truncated or damaged.
+    """
+    size = path.stat().st_size
+
+    def corrupt(reason: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{what} checkpoint {path} is corrupt or truncated ({size:,} bytes; {reason}); "
+            "download or copy it again (an interrupted transfer leaves such files)"
+        )
+
+    if size == 0:
+        raise corrupt("the file is empty")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return dict.fromkeys(f.keys())
+        except Exception as exc:
+            raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's default format and TorchScript archives
+    if zipped and not zipfile.is_zipfile(path):
+        # A zip's directory sits at its end: any truncation loses it.
+        raise corrupt("the zip directory at the end of the file is missing")
+    try:
+        if zipped:
+            with zipfile.ZipFile(path) as archive:
+                if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in archive.namelist()):  # TorchScript
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+                        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+        except (RuntimeError, OSError):
+            if not zipped:
+                raise
+            # Not every intact zip checkpoint can be memory-mapped (e.g. old, unaligned ones): read it whole.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not isinstance(exc.__cause__ or exc.__context__, EOFError):
+            return None  # pickled Python objects (weights_only refuses them), not damage
+        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+    return dict(checkpoint) if isinstance(checkpoint, Mapping) else None
+
+
+def is_openai_checkpoint(entries: Iterable[str]) -> bool:
+    """True for OpenAI's CLIP checkpoint layout: open_clip's plain CLIP keys (no ``visual.trunk.`` timm
+    tower) plus OpenAI's ``input_resolution`` / ``context_length`` / ``vocab_size`` entries."""
+    keys = set(entries)
+    return all(k in keys for k in OPENAI_CHECKPOINT_ENTRIES) and not any(k.startswith("visual.trunk.") for k in keys)
+
+
+def clip_needs_quick_gelu(model_name: str, weights: str, checkpoint: Mapping[str, Any] | None = None) -> bool | None:
+    """Whether CLIP ``weights`` were trained with QuickGELU (OpenAI, MetaCLIP, DFN, ...).
+
+    Args:
+        model_name: open_clip model name.
+        weights: pretrained tag, checkpoint path or ``random``.
+        checkpoint: for a path, its top-level entries (:func:`read_checkpoint`), if readable.
+    Returns:
+        For a tag: the ``quick_gelu`` field of open_clip's pretrained config. For a local file: ``True``
+        when it has OpenAI's layout (:func:`is_openai_checkpoint`), else ``None`` (unknown). ``random``:
+        ``False`` (the model config decides).
+    """
+    if weights == RANDOM:
+        return False
+    if _is_path(weights):
+        return True if checkpoint is not None and is_openai_checkpoint(checkpoint) else None
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(model_name, weights).get("quick_gelu", False))
+
+
+@contextmanager
+def _quiet_root_log(*prefixes: str) -> Iterator[None]:
+    """Hide open_clip's root-logger lines starting with ``prefixes`` (misleading or duplicated here: the
+    weights are loaded right afterwards, or the failure is raised with a better message)."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefixes)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _load_openai_checkpoint(model: nn.Module, checkpoint: Mapping[str, Any], path: Path, model_name: str) -> None:
+    """Load an OpenAI-layout state dict into ``model`` (strict): its scalar entries dropped, the positional
+    embedding resized to the model's image size by open_clip's checkpoint rule (as open_clip's loader does)."""
+    from open_clip.model import resize_pos_embed
+
+    # Non-persistent buffers (open_clip's attn_mask) are rebuilt by the model; TorchScript archives keep them.
+    recomputed = {k for k, _ in model.named_buffers()} - set(model.state_dict())
+    state_dict = {k: v for k, v in checkpoint.items() if k not in OPENAI_CHECKPOINT_ENTRIES and k not in recomputed}
+    resize_pos_embed(state_dict, model)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"cannot load CLIP checkpoint {path} into {model_name}: {exc}") from exc
+
+
+def _hub_cache(cache_dir: str | None) -> str:
+    """The Hugging Face hub cache the download would use."""
+    from huggingface_hub import constants
+
+    return str(cache_dir or constants.HF_HUB_CACHE)
+
+
+def _download_reason(exc: Exception, where: str) -> str:
+    """Why pretrained weights could not be had: offline and not cached, or the download's error."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return f"HF_HUB_OFFLINE=1 and they are not in the cache {where}"
+    return f"the download failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
 
 
 def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
@@ -123,8 +341,9 @@ def _resolve_clip_name(name: str) -> str:
         return path.stem
     if name not in open_clip.list_models():
         raise ValueError(
-            f"unknown CLIP model {name!r}: use an open_clip name (e.g. {', '.join(CLIP_MODELS)}) "
-            "or a path to an open_clip model-config .json"
+            f"unknown CLIP model {name!r}{_close_matches(name, open_clip.list_models())}: use an open_clip name "
+            f"(e.g. {', '.join(CLIP_MODELS)}; all names: open_clip.list_models()) or a path to an open_clip "
+            "model-config .json"
         )
     return name
 
@@ -148,27 +367,71 @@ def build_clip(
     if weights == RANDOM:
         model = _seeded(seed, lambda: open_clip.create_model(model_name, pretrained=None))
     elif _is_path(weights):
-        if not Path(weights).is_file():
-            raise WeightsNotFoundError(f"CLIP checkpoint not found: {weights}")
-        model = open_clip.create_model(model_name, pretrained=weights, load_weights=True)
+        model = _clip_from_file(model_name, Path(weights))
     else:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if weights not in tags:
             raise ValueError(f"unknown pretrained tag {weights!r} for CLIP {model_name}; known: {', '.join(tags) or 'none'}")
         try:
-            # open_clip would build OpenAI weights with GELU and only warn; they need QuickGELU.
-            model = open_clip.create_model(
-                model_name, pretrained=weights, force_quick_gelu=weights == "openai", cache_dir=cache_dir
-            )
+            # QuickGELU from the tag's pretrained config: open_clip itself only warns on a mismatch, e.g.
+            # ViT-B-16 + openai / metaclip_400m / dfn2b would silently run GELU.
+            with _quiet_root_log("Failed to download weights"):
+                model = open_clip.create_model(
+                    model_name,
+                    pretrained=weights,
+                    force_quick_gelu=bool(clip_needs_quick_gelu(model_name, weights)),
+                    cache_dir=cache_dir,
+                )
         except Exception as exc:
             cfg = open_clip.get_pretrained_cfg(model_name, weights)
-            source = cfg.get("hf_hub") or cfg.get("url") or "?"
-            where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+            repo = (cfg.get("hf_hub") or "").strip("/")
+            where = _hub_cache(cache_dir)
+            if repo:
+                how = f"`hf download {repo}" + (f" --cache-dir {cache_dir}`" if cache_dir else "`")
+            else:
+                how = f"download {cfg.get('url') or '?'} into {cache_dir or '~/.cache/clip'}"
             raise WeightsNotFoundError(
-                f"CLIP weights {model_name}/{weights} are not available offline ({type(exc).__name__}). Download "
-                f"{source} on a connected machine into {where}, or pass a local checkpoint path as weights"
+                f"CLIP weights {model_name}/{weights} are not available: {_download_reason(exc, where)}. "
+                f"On a connected machine run {how} (Hugging Face cache: {where}), or pass a local checkpoint "
+                "file as weights"
             ) from exc
     return model.eval(), tokenizer
+
+
+def _clip_from_file(model_name: str, path: Path) -> nn.Module:
+    """open_clip ``model_name`` with the weights of a local checkpoint; QuickGELU for OpenAI's checkpoints."""
+    import open_clip
+
+    if not path.is_file():
+        raise WeightsNotFoundError(f"CLIP checkpoint not found: {path}")
+    checkpoint = read_checkpoint(path, "CLIP")
+    quick_gelu = clip_needs_quick_gelu(model_name, str(path), checkpoint)
+    config_quick_gelu = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    if quick_gelu is None and not config_quick_gelu:
+        # open_clip checks QuickGELU for tags only; a GELU mismatch silently changes every number.
+        fix = (f"the name '{model_name}-quickgelu'" if f"{model_name}-quickgelu" in open_clip.list_models()
+               else 'a model config with "quick_gelu": true')
+        warnings.warn(
+            f"CLIP checkpoint {path}: its provenance cannot be told from the file (no OpenAI archive or "
+            f"state-dict layout), and {model_name} builds plain GELU. OpenAI-trained weights need QuickGELU: "
+            f"if these are OpenAI weights, use {fix}",
+            QuickGeluWarning,
+            stacklevel=3,
+        )
+    if checkpoint is not None and is_openai_checkpoint(checkpoint):
+        # open_clip's file loader rejects the scalar OpenAI entries of a plain state dict (strict loading)
+        # and needs weights_only=False for a TorchScript archive; the entries are already read here.
+        with _quiet_root_log("No pretrained weights loaded"):
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True)
+        _load_openai_checkpoint(model, checkpoint, path, model_name)
+        return model
+    del checkpoint  # open_clip reads the file itself (format conversions, pos-embed resize)
+    try:
+        return open_clip.create_model(
+            model_name, pretrained=str(path), load_weights=True, force_quick_gelu=bool(quick_gelu)
+        )
+    except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"cannot load CLIP checkpoint {path} into {model_name}: {exc}") from exc
 
 
 def _load_vfm_spec(name: str) -> tuple[str, str | None, dict[str, Any]]:
@@ -196,33 +459,38 @@ def build_vfm(name: str = DEFAULT_VFM, weights: str = PRETRAINED, seed: int = 0,
     if name.endswith(".json"):
         name, kind, spec_kwargs = _load_vfm_spec(name)
         timm_kwargs = {**spec_kwargs, **timm_kwargs}
-    if not timm.is_model(name):
-        raise ValueError(f"unknown timm VFM {name!r}; e.g. {', '.join(VFM_MODELS)}")
-    kind = kind or vfm_kind_for(name)
+    _check_timm_name(name)
     kwargs = {"num_classes": 0, **timm_kwargs}
     if weights == RANDOM:
         model = _seeded(seed, lambda: timm.create_model(name, pretrained=False, **kwargs))
-    elif weights == PRETRAINED or _is_path(weights):
-        overlay = None
-        if weights != PRETRAINED:
-            if not Path(weights).is_file():
-                raise WeightsNotFoundError(f"VFM checkpoint not found: {weights}")
-            overlay = {"file": str(weights)}
+    elif weights == PRETRAINED:
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            model = timm.create_model(name, pretrained=True, **kwargs)
         except Exception as exc:
-            if overlay is not None:
-                raise ValueError(f"cannot load VFM checkpoint {weights} into {name}: {exc}") from exc
             cfg = timm.models.get_pretrained_cfg(name)
-            source = (cfg.hf_hub_id if cfg else None) or (cfg.url if cfg else None) or name
+            if cfg is not None and cfg.hf_hub_id:
+                where = _hub_cache(None)
+                how = f"run `hf download {cfg.hf_hub_id}` (Hugging Face cache: {where})"
+            else:
+                where = os.path.join(torch.hub.get_dir(), "checkpoints")
+                how = f"download {(cfg.url if cfg else None) or name} into {where}"
             raise WeightsNotFoundError(
-                f"VFM weights for {name} are not available offline ({type(exc).__name__}). Download {source} on a "
-                "connected machine into the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HUB_CACHE), or pass "
-                "a local checkpoint path as weights"
+                f"VFM weights for {name} are not available: {_download_reason(exc, where)}. On a connected "
+                f"machine {how}, or pass a local checkpoint file as weights"
             ) from exc
+    elif _is_path(weights):
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsNotFoundError(f"VFM checkpoint not found: {path}")
+        read_checkpoint(path, "VFM")  # a clear error for a truncated file, before timm's own loader
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except Exception as exc:
+            raise ValueError(f"cannot load VFM checkpoint {path} into {name}: {exc}") from exc
     else:
         raise ValueError(f"VFM weights must be '{PRETRAINED}', '{RANDOM}' or a checkpoint path, got {weights!r}")
-    return model.eval().requires_grad_(False), kind
+    # The kind comes from the model's own configuration (registers, pretrained tag, class), not its name.
+    return model.eval().requires_grad_(False), kind or vfm_kind_of(model)
 
 
 def build_proxyclip(

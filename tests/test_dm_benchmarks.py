@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,6 +202,24 @@ def test_missing_split_file_and_split_entry(tmp_path):
     split.unlink()
     with pytest.raises(DatasetLayoutError, match="missing split file.*val.txt"):
         build_datamodule("context60", data_root=root).verify()
+
+
+@pytest.mark.parametrize("key", ["ade20k", "cityscapes", "coco_stuff"])  # the presets listed by walking
+def test_listing_skips_dot_files_like_mmengine(tmp_path, key):
+    # macOS leaves AppleDouble files (._<name>) next to every copied file; mmengine's scandir skips names
+    # starting with '.', so they are not samples (the count and the ids would change otherwise).
+    from datamodules.dataset import build_sample_list
+
+    preset = BENCHMARKS[key]
+    root = make_fake_benchmark(key, tmp_path, 3)
+    expected = build_sample_list(preset, root)
+    images = sorted(p for p in (root / preset.img_dir).rglob(f"*{preset.img_suffix}"))
+    for img in images:
+        (img.parent / f"._{img.name}").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble magic
+    (images[0].parent / f".hidden{preset.img_suffix}").write_bytes(b"")
+    samples = build_sample_list(preset, root)
+    assert samples == expected and len(samples) == 3
+    assert not any(Path(p).name.startswith(".") for _, p, _ in samples)
 
 
 def test_missing_label_for_listed_image(tmp_path):

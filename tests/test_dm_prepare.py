@@ -91,13 +91,30 @@ def test_coco_spec_test_vector():
     assert stuff.tolist() == [[0, 11, 80, 170, 255]] and obj.tolist() == [[1, 12, 0, 0, 0]]
 
 
-def test_coco_never_occurring_values_map_to_255_with_warning():
+def test_coco_never_occurring_values_fail_loudly():
+    # benchmarks.md §4: raw values that never occur in the official maps must fail, not map to 255.
     unused = [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90]
     assert set(unused) | {r for r, _, _ in COCO_TABLE} == set(range(182)) | {255}
     raw = np.array([unused + [200, 0]], np.uint8)
-    with pytest.warns(prep.ConversionWarning, match=r"bad.png: raw values \[11, 25.*90, 200\]"):
-        stuff, obj = prep.convert_coco_stuffthingmap(raw, source="bad.png")
-    assert stuff.tolist() == [[255] * 12 + [0]] and obj.tolist() == [[255] * 12 + [1]]
+    with pytest.raises(prep.UnexpectedRawValueError, match=r"bad.png: raw values \[11, 25.*90, 200\]") as info:
+        prep.convert_coco_stuffthingmap(raw, source="bad.png")
+    assert isinstance(info.value, ValueError)  # the prepare CLI reports it in one line
+    for value in unused + [182, 254]:
+        with pytest.raises(prep.UnexpectedRawValueError, match=rf"\[{value}\]"):
+            prep.convert_coco_stuffthingmap(np.array([[0, value]], np.uint8), source="x.png")
+
+
+def test_prepare_coco_stops_at_a_map_with_unknown_values(tmp_path, capsys):
+    src, raws = _coco_src(tmp_path)
+    bad = sorted(raws)[1]
+    raw = raws[bad].copy()
+    raw[0, 0] = 90  # hair brush: no masks in COCO-Stuff-164k
+    save_label(raw, src / "annotations/val2017" / f"{bad}.png")
+    with pytest.raises(prep.UnexpectedRawValueError, match=rf"{bad}\.png: raw values \[90\]"):
+        prep.prepare_coco(src, src, progress=False)
+    assert not (src / f"annotations/val2017/{bad}_labelTrainIds.png").exists()  # nothing written for it
+    assert prep.main(["coco_stuff", "--src", str(src), "--dst", str(src), "--no-progress"]) == 1
+    assert f"{bad}.png: raw values [90]" in capsys.readouterr().err
 
 
 def test_context_table_every_row():
