@@ -20,8 +20,11 @@ class UnrepeatedDistributedSampler(DistributedSampler):
     """Strided sharding without padding or dropping.
 
     Unlike Lightning's sampler of the same name, a rank may receive zero samples when
-    ``len(dataset) < num_replicas`` (a warning is issued): evaluation steps perform no
-    collectives, so an empty shard is harmless there.  Do not use it for training.
+    ``len(dataset) < num_replicas`` (a warning is issued). Lightning skips the whole test loop,
+    epoch hooks included, on such a rank, so it never joins an end-of-epoch collective (a metric's
+    ``compute()``) and the other ranks wait for it: callers that reduce across ranks must keep
+    ``num_replicas <= len(dataset)`` (``scripts/test.py`` refuses such runs up front).
+    Do not use it for training.
     """
 
     def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None,
@@ -33,7 +36,8 @@ class UnrepeatedDistributedSampler(DistributedSampler):
         if self.num_samples == 0 and self.total_size > 0:
             warnings.warn(
                 f"rank {self.rank} of {self.num_replicas} receives no samples "
-                f"(dataset has {self.total_size}); this is fine for evaluation only.",
+                f"(dataset has {self.total_size}); it will miss any end-of-epoch collective, "
+                "so use at most as many processes as samples.",
                 stacklevel=2,
             )
 

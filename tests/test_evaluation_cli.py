@@ -86,6 +86,24 @@ def test_one_and_two_devices_give_identical_results(setup, key):
             assert abs(reported - iou * 100) <= 0.005 + 1e-9
 
 
+def test_ddp_and_ddp_spawn_give_identical_results(setup):
+    """Results reach the caller through a file under both launchers; spawn must not double-count
+    (CPU tensors pickled into workers share memory)."""
+    d, data, flags = setup
+    outs = {}
+    for strategy in ("ddp", "ddp_spawn"):
+        out = d / f"out_{strategy}"
+        result = run(["--data", "voc21", "--data-root", str(data), "--devices", "2", "--strategy", strategy,
+                      "--limit", "3", "--output-dir", str(out), *flags])
+        assert result.returncode == 0, result.stderr[-3000:]
+        outs[strategy] = json.loads((out / "results.json").read_text())
+        assert not (out / ".metrics.json").exists()
+    one, two = outs["ddp"], outs["ddp_spawn"]
+    assert one["num_images"] == two["num_images"] == 3
+    for field in ("mIoU", "aAcc", "mAcc", "per_class_iou", "per_class_acc"):
+        assert one[field] == two[field], field
+
+
 def test_results_json_schema_and_table(setup):
     d, data, flags = setup
     out = d / "out_schema"
@@ -111,6 +129,9 @@ def test_results_json_schema_and_table(setup):
         (["--data", "voc21", "--devices", "64"], "--devices 64"),
         (["--data", "voc21", "--output-dir", "/proc/forbidden"], "/proc/forbidden"),
         (["--data", "voc21", "--clip", "ViT-Bogus-7", "--clip-weights", "random"], "ViT-Bogus-7"),
+        (["--data", "voc21", "--strategy", "fsdp"], "--strategy 'fsdp' is not supported"),
+        (["--data", "voc21", "--devices", "2", "--limit", "1"], "1 image(s) for 2 processes"),
+        (["--data", "voc21", "--accelerator", "gpu", "--devices", "64"], "GPUs are available"),
     ],
 )
 def test_cli_errors_are_one_line(setup, args, needle):
@@ -120,6 +141,9 @@ def test_cli_errors_are_one_line(setup, args, needle):
     if "--clip" in args:
         i = model_flags.index("--clip")
         del model_flags[i:i + 4]
+    if "--accelerator" in args:
+        i = model_flags.index("--accelerator")
+        del model_flags[i:i + 2]
     result = run(base + args + model_flags + ["--output-dir", str(d / "err")] * ("--output-dir" not in args), timeout=120)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
