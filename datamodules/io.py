@@ -39,7 +39,12 @@ def array_to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
     uint8 is kept; other integers are 16-bit data whose top byte is kept (OpenCV's 16->8 bit rule, so
     65535 -> 255); floats are taken to be in [0, 1]. Raises ``ValueError`` for other shapes or dtypes.
+    An array is used as given: a 4-channel array is RGBA (a CMYK array is misread), an HxW array is grey
+    (palette indices are not looked up) and no EXIF rotation is possible; ``read_image`` handles files.
     """
+    if isinstance(image, (str, os.PathLike)):  # np.asarray would make a 0-d string array: say what to do
+        raise TypeError(f"expected a decoded image array, got the path {str(image)!r}; "
+                        "decode files with datamodules.io.read_image(path)")
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]

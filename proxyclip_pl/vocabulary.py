@@ -20,22 +20,48 @@ TEMPLATES: tuple[Callable[[str], str], ...] = tuple(OPENAI_IMAGENET_TEMPLATES)
 SYNONYM_SEPARATOR = "; "
 
 
-def parse_vocabulary(text: str) -> Vocabulary:
-    """Parse a vocabulary file's text: one class per non-empty line, synonyms split on ``'; '``.
+def parse_vocabulary(text: str, source: str = "vocabulary") -> Vocabulary:
+    """Parse a vocabulary file's text: one class per line, synonyms split on ``'; '``.
 
     Commas are not separators (``"traffic light"`` and ``"a, b"`` stay whole); every name is stripped,
-    so a trailing space (Context's ``"wood "``) disappears.
+    so a trailing space (Context's ``"wood "``) disappears. Class ids are line numbers, so a blank line
+    before the last class (it would shift every later id by one), an empty synonym (``"cat; ; dog"``) or
+    a line that repeats an earlier class (two ids for one class) raises ``ValueError`` naming ``source``
+    and the line(s). Blank lines at the end are ignored. The same synonym in two *different* classes is
+    allowed: the official COCO-Object vocabulary has ``bed`` both as a background synonym and a class.
     """
-    lines = [line for line in text.splitlines() if line.strip()]
-    return [[name.strip() for name in line.split(SYNONYM_SEPARATOR)] for line in lines]
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    vocabulary: Vocabulary = []
+    first_line: dict[tuple[str, ...], int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise ValueError(f"{source} line {number} is empty; every line up to the last one must name a class "
+                             "(class ids are line numbers)")
+        names = [name.strip() for name in line.split(SYNONYM_SEPARATOR)]
+        if not all(names):
+            raise ValueError(f"{source} line {number} has an empty synonym: {line!r}")
+        key = tuple(names)
+        if key in first_line:
+            raise ValueError(f"{source} lines {first_line[key]} and {number} are the same class {line.strip()!r}")
+        first_line[key] = number
+        vocabulary.append(names)
+    if not vocabulary:
+        raise ValueError(f"{source} has no classes")
+    return vocabulary
 
 
 def load_vocabulary(path: str | Path) -> Vocabulary:
-    """Read and validate a vocabulary file (see :func:`parse_vocabulary`)."""
+    """Read and validate a UTF-8 vocabulary file (see :func:`parse_vocabulary`); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file not found: {path}")
-    vocabulary = parse_vocabulary(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # a ValueError whose message would not name the file
+        raise ValueError(f"vocabulary file {path} is not UTF-8 text: {exc}") from None
+    vocabulary = parse_vocabulary(text, source=f"vocabulary file {path}")
     validate_vocabulary(vocabulary)
     return vocabulary
 

@@ -10,6 +10,7 @@ Class ids: with --background, 0 is the background and the --classes follow from 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -41,6 +42,28 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def check_output(path: str, flag: str) -> None:
+    """Fail early, naming the path, if ``path`` cannot be written as an image by PIL.
+
+    os.access is the check for ordinary users; root passes it even for read-only folders, which
+    then fail at save time with PermissionError (also one line through ``run_cli``).
+    """
+    from PIL import Image
+
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise IsADirectoryError(f"{flag} {target} is a folder; give a file name such as {target / 'out.png'}")
+    if not folder.exists():
+        raise FileNotFoundError(f"{flag} {target}: output folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{flag} {target}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {target}: output folder {folder} is not writable")
+    if Image.registered_extensions().get(target.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"{flag} {target}: unknown image extension {target.suffix!r}; use e.g. .png")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from datamodules.io import read_image
@@ -49,15 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from proxyclip_pl.vocabulary import parse_vocabulary
 
     lines = ([args.background] if args.background else []) + list(args.classes)
-    vocabulary = parse_vocabulary("\n".join(lines))
-    if len(vocabulary) != len(lines):
-        raise ValueError("every --classes / --background entry needs at least one name")
+    if any(len(line.splitlines()) != 1 or not line.strip() for line in lines):
+        raise ValueError("every --classes / --background entry needs at least one name (and no line break)")
+    source = "class list (--background first, then --classes; one entry per line)"
+    vocabulary = parse_vocabulary("\n".join(lines), source=source)
     if args.prob_thd > 0 and not args.background:
         raise ValueError("--prob-thd needs --background: low-confidence pixels go to the background class 0")
     image = read_image(args.image)
-    for path in filter(None, (args.out, args.labels_out)):
-        if not Path(path).parent.resolve().is_dir():
-            raise FileNotFoundError(f"output folder does not exist: {Path(path).parent}")
+    # Before the model runs, so that a bad output path costs nothing.
+    check_output(args.out, "--out")
+    if args.labels_out:
+        check_output(args.labels_out, "--labels-out")
 
     model = build_proxyclip(
         vocabulary, prob_thd=args.prob_thd, short_side=args.short_side, slide_crop=args.crop,
