@@ -515,22 +515,13 @@ def build_proxyclip(
             are computed (ViT-B/16: 252 MB) unless this is set.
     """
     from .model import ProxyCLIP
-    from .text_cache import cached_text_embeddings, weights_identity
-    from .vocabulary import encode_text_embeddings, flatten_vocabulary
 
     clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
     clip_model.to(device)
     if "text_embeddings" not in proxyclip_kwargs:
-        queries = flatten_vocabulary(vocabulary)[0]
-        if text_cache_dir is False:
-            text_embeddings = encode_text_embeddings(clip_model, tokenizer, queries)
-        else:
-            weights = resolve_clip_weights(clip, clip_weights)
-            name = clip if not clip.endswith(".json") else f"{Path(clip).resolve()}:{Path(clip).read_text()}"
-            text_embeddings = cached_text_embeddings(
-                clip_model, tokenizer, queries, name, weights_identity(weights, seed), text_cache_dir or None
-            )
-        proxyclip_kwargs["text_embeddings"] = text_embeddings
+        proxyclip_kwargs["text_embeddings"] = text_embeddings_for(
+            clip_model, tokenizer, vocabulary, clip, clip_weights, seed, text_cache_dir
+        )
     if not keep_text_tower:
         # Before the VFM is built, so that its weights reuse the freed memory (lower peak RSS).
         release_text_tower(clip_model)
@@ -540,6 +531,94 @@ def build_proxyclip(
     proxyclip_kwargs.setdefault("vfm_kind", kind)
     model = ProxyCLIP(clip_model, vfm_model, vocabulary, tokenizer=tokenizer, **proxyclip_kwargs)
     return model.to(device)
+
+
+def text_embeddings_for(
+    clip_model: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    vocabulary: Sequence[Sequence[str]],
+    clip: str,
+    clip_weights: str | None,
+    seed: int = 0,
+    text_cache_dir: str | Path | None | bool = None,
+) -> torch.Tensor:
+    """[Q, d] prompt-ensembled text embeddings of ``vocabulary`` (one row per synonym), through the
+    content-keyed text cache (``text_cache_dir=False``: no cache)."""
+    from .text_cache import cached_text_embeddings, weights_identity
+    from .vocabulary import encode_text_embeddings, flatten_vocabulary
+
+    queries = flatten_vocabulary(vocabulary)[0]
+    if text_cache_dir is False:
+        return encode_text_embeddings(clip_model, tokenizer, queries)
+    weights = resolve_clip_weights(clip, clip_weights)
+    name = clip if not clip.endswith(".json") else f"{Path(clip).resolve()}:{Path(clip).read_text()}"
+    return cached_text_embeddings(
+        clip_model, tokenizer, queries, name, weights_identity(weights, seed), text_cache_dir or None
+    )
+
+
+def segmenter_classes() -> dict[str, type]:
+    """Built-in method key -> segmenter class."""
+    from .methods import NACLIP, SCLIP, ClearCLIP
+    from .model import CLIP, MaskCLIP, ProxyCLIP
+
+    return {"proxyclip": ProxyCLIP, "maskclip": MaskCLIP, "clip": CLIP, "sclip": SCLIP, "naclip": NACLIP,
+            "clearclip": ClearCLIP}
+
+
+def build_segmenter(
+    method: str,
+    vocabulary: Sequence[Sequence[str]],
+    protocol,
+    clip: str = DEFAULT_CLIP,
+    clip_weights: str | None = None,
+    vfm: str | None = DEFAULT_VFM,
+    vfm_weights: str = PRETRAINED,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+    text_cache_dir: str | Path | None | bool = None,
+    keep_text_tower: bool = False,
+    window_batch_size: int | None = None,
+    **method_kwargs: Any,
+):
+    """Build a built-in method's segmenter under an inference protocol.
+
+    Args:
+        method: ``proxyclip``, ``maskclip``, ``clip``, ``sclip``, ``naclip`` or ``clearclip``.
+        vocabulary: one list of synonyms per class.
+        protocol: a :class:`~proxyclip_pl.native_protocols.Protocol` (e.g. from
+            :func:`~proxyclip_pl.native_protocols.protocol_for`): resize, windows, logit scale, thresholds, PAMR.
+        vfm, vfm_weights: only used by ``proxyclip`` (``vfm=None`` there: its ``maskclip``/``clip`` attention).
+        text_cache_dir, keep_text_tower: as :func:`build_proxyclip` (text embeddings computed and cached once).
+        method_kwargs: further constructor keywords (e.g. ``attention``, ``beta`` for ProxyCLIP;
+            ``gaussian_std`` for NACLIP).
+    Returns:
+        the segmenter on ``device``.
+    """
+    from .native_protocols import Protocol
+    from .segmenter import protocol_kwargs
+
+    classes = segmenter_classes()
+    if method not in classes:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(classes)} (or module:factory "
+                         "in scripts/test.py)")
+    if not isinstance(protocol, Protocol):
+        raise TypeError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+    kwargs = {**protocol_kwargs(protocol), "window_batch_size": window_batch_size, **method_kwargs}
+    if method == "proxyclip":
+        return build_proxyclip(vocabulary, clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+                               seed=seed, device=device, cache_dir=cache_dir, text_cache_dir=text_cache_dir,
+                               keep_text_tower=keep_text_tower, **kwargs)
+    clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
+    clip_model.to(device)
+    if "text_embeddings" not in kwargs:
+        kwargs["text_embeddings"] = text_embeddings_for(
+            clip_model, tokenizer, vocabulary, clip, clip_weights, seed, text_cache_dir
+        )
+    if not keep_text_tower:
+        release_text_tower(clip_model)
+    return classes[method](clip_model, vocabulary, tokenizer=tokenizer, **kwargs).to(device)
 
 
 def release_text_tower(clip_model: nn.Module) -> None:

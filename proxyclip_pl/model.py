@@ -10,29 +10,16 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from datamodules.io import array_to_rgb_uint8 as to_rgb_uint8  # noqa: F401  (gray/RGBA/16-bit inputs)
 
-from .clip_encoder import (
-    CLIP_MEAN,
-    CLIP_STD,
-    check_clip_visual,
-    last_block_values,
-    maskclip_embeddings,
-    project_tokens,
-    tokens_before_last_block,
-    vanilla_embeddings,
-)
-from .postprocess import logits_to_labels
-from .precision import autocast_off
+from .clip_encoder import CLIP_MEAN, CLIP_STD, last_block_values, maskclip_embeddings, project_tokens, vanilla_embeddings
 from .proxy_attention import proxy_attention
-from .sliding_window import sliding_window_logits
-from .vfm import VFM_KINDS, check_vfm, normalize, vfm_features, vfm_raw_attention
-from .vocabulary import encode_text_embeddings, flatten_vocabulary
+from .segmenter import Segmenter
+from .vfm import VFM_KINDS, check_vfm, vfm_features, vfm_raw_attention
 
 #: ``proxy``: ProxyCLIP; ``vfm``: the VFM's own last-layer attention in place of the proxy attention;
 #: ``maskclip`` / ``clip``: the no-VFM baselines (value path / the unchanged last block, CLIP grid).
@@ -44,7 +31,26 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-class ProxyCLIP(nn.Module):
+class _ProxyCLIPGeometry(Segmenter):
+    """ProxyCLIP's window geometry, shared with its no-VFM baselines: windows padded to a multiple of 56
+    in the sliding window, ``crop_logits`` unpadded, ProxyCLIP's positional rule, CLIP's mean/std."""
+
+    pad_multiple = 56
+
+    @torch.no_grad()
+    def crop_logits(self, crops: torch.Tensor) -> torch.Tensor:
+        """Raw cosine logits of a batch of windows.
+
+        Args:
+            crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
+        Returns:
+            [B, Q, h, w] cosine similarities (dtype of the text embeddings, float32 by default), bilinearly
+            upsampled from the feature grid (no padding).
+        """
+        return F.interpolate(self.grid_logits(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class ProxyCLIP(_ProxyCLIPGeometry):
     """ProxyCLIP around an open_clip CLIP and a timm VFM.
 
     Args:
@@ -66,7 +72,11 @@ class ProxyCLIP(nn.Module):
             logits are the raw cosine similarities (no shift, gamma = 1); without mask no key is dropped.
         tokenizer: open_clip tokenizer; defaults to open_clip's BPE tokenizer with the model's context.
         text_embeddings: precomputed [Q, d] embeddings (e.g. from a cache) instead of encoding prompts.
+        area_thd, pamr_steps: optional post-processing of the common core (off in ProxyCLIP's protocol),
+            see :class:`~proxyclip_pl.segmenter.Segmenter`.
     """
+
+    method = "proxyclip"
 
     def __init__(
         self,
@@ -89,8 +99,9 @@ class ProxyCLIP(nn.Module):
         long_side_cap: int = 2048,
         tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
         text_embeddings: torch.Tensor | None = None,
+        area_thd: float | None = None,
+        pamr_steps: int = 0,
     ) -> None:
-        super().__init__()
         _require(vfm_kind in VFM_KINDS, f"unknown vfm_kind {vfm_kind!r}; expected one of {', '.join(VFM_KINDS)}")
         _require(attention in ATTENTIONS, f"unknown attention {attention!r}; expected one of {', '.join(ATTENTIONS)}")
         _require(beta > 0, f"beta must be positive, got {beta}")
@@ -98,60 +109,19 @@ class ProxyCLIP(nn.Module):
         _require(logit_scale > 0, f"logit_scale must be positive, got {logit_scale}")
         _require(0.0 <= prob_thd <= 1.0, f"prob_thd must lie in [0, 1], got {prob_thd}")
         _require(slide_crop > 0, f"slide_crop must be positive, got {slide_crop}")
-        _require(slide_stride > 0, f"slide_stride must be positive, got {slide_stride}")
-        _require(slide_stride <= slide_crop, f"slide_stride ({slide_stride}) must not exceed slide_crop ({slide_crop})")
-        _require(short_side > 0, f"short_side must be positive, got {short_side}")
-        _require(long_side_cap > 0, f"long_side_cap must be positive, got {long_side_cap}")
-        _require(window_batch_size is None or window_batch_size >= 1, f"window_batch_size must be >= 1, got {window_batch_size}")
-        visual = getattr(clip_model, "visual", None)
-        _require(visual is not None, "clip_model must be an open_clip CLIP model with a .visual tower")
-        check_clip_visual(visual)
         if attention in ("proxy", "vfm"):
             _require(vfm_model is not None, f"attention={attention!r} needs a vfm_model")
             check_vfm(vfm_model, vfm_kind)
-        queries, query_to_class = flatten_vocabulary(vocabulary)
-
-        self.clip = clip_model.eval().requires_grad_(False)
+        super().__init__(
+            clip_model, vocabulary, logit_scale=logit_scale, prob_thd=prob_thd, slide_crop=slide_crop,
+            slide_stride=slide_stride, short_side=short_side, long_side_cap=long_side_cap, tokenizer=tokenizer,
+            text_embeddings=text_embeddings, area_thd=area_thd, pamr_steps=pamr_steps,
+            window_batch_size=window_batch_size,
+        )
         self.vfm = vfm_model.eval().requires_grad_(False) if vfm_model is not None else None
-        self.vocabulary = [list(names) for names in vocabulary]
-        self.queries = queries
         self.vfm_kind = vfm_kind
         self.beta, self.gamma = float(beta), float(gamma)
-        self.logit_scale, self.prob_thd = float(logit_scale), float(prob_thd)
-        self.slide_crop, self.slide_stride, self.short_side = int(slide_crop), int(slide_stride), int(short_side)
-        self.long_side_cap = int(long_side_cap)
-        self.window_batch_size = None if window_batch_size is None else int(window_batch_size)
         self.attention, self.normalize, self.mask = attention, bool(normalize), bool(mask)
-        # Buffers start on the parameters' device (a model may be built from towers already on a GPU);
-        # afterwards they move with every ``.to()``.
-        device = next(self.clip.parameters()).device
-        self.register_buffer("query_to_class", query_to_class.to(device), persistent=False)
-
-        if text_embeddings is None:
-            if tokenizer is None:
-                import open_clip
-
-                tokenizer = open_clip.SimpleTokenizer(context_length=getattr(clip_model, "context_length", 77))
-            text_embeddings = encode_text_embeddings(self.clip, tokenizer, queries)
-        _require(
-            text_embeddings.dim() == 2 and text_embeddings.shape[0] == len(queries),
-            f"text_embeddings must be [Q={len(queries)}, d], got {tuple(text_embeddings.shape)}",
-        )
-        self.register_buffer("text_embeddings", F.normalize(text_embeddings.to(device).float(), dim=-1), persistent=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.vocabulary)
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the CLIP weights: inputs go there (buffers follow every ``.to()``)."""
-        return next(self.clip.parameters()).device
-
-    @property
-    def effective_window_batch_size(self) -> int:
-        """``window_batch_size``, or its device default (8 on GPU, 1 on CPU) when it is ``None``."""
-        return self.window_batch_size or (8 if self.device.type == "cuda" else 1)
 
     # ----------------------------------------------------------------------------------- windows
     def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -164,7 +134,7 @@ class ProxyCLIP(nn.Module):
             ``proxy``/``vfm``, the CLIP grid (h//p, w//p) for the baselines.
         """
         visual = self.clip.visual
-        tokens, clip_grid = tokens_before_last_block(visual, normalize(crops, CLIP_MEAN, CLIP_STD))
+        tokens, clip_grid = self.tokens(self.normalize_input(crops))
         if self.attention == "maskclip":
             return maskclip_embeddings(visual, tokens), clip_grid
         if self.attention == "clip":
@@ -184,87 +154,31 @@ class ProxyCLIP(nn.Module):
         mixed = torch.bmm(attn.to(values.dtype), values)
         return project_tokens(visual, mixed), grid
 
-    @torch.no_grad()
-    def grid_logits(self, crops: torch.Tensor) -> torch.Tensor:
-        """Raw cosine logits of a batch of windows on the feature grid.
 
-        Args:
-            crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
-        Returns:
-            [B, Q, H, W] cosine similarities in [-1, 1] (float32 by default) on the VFM grid (CLIP grid
-            for the baselines).
-        """
-        if crops.dim() != 4 or crops.shape[1] != 3:
-            raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
-        crops = crops.to(self.device)
-        embeddings, grid = self.dense_embeddings(crops)
-        with autocast_off(crops.device):
-            embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
-            logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
-            return logits.reshape(crops.shape[0], -1, *grid)
+class MaskCLIP(_ProxyCLIPGeometry):
+    """MaskCLIP baseline (no VFM): the value path of CLIP's last block on the CLIP grid, with ProxyCLIP's
+    window geometry and positional rule. Same results as ``ProxyCLIP(clip, None, vocabulary,
+    attention="maskclip", ...)``; keywords as :class:`~proxyclip_pl.segmenter.Segmenter` (defaults: ProxyCLIP's
+    336/112 windows, short side 336)."""
 
-    @torch.no_grad()
-    def crop_logits(self, crops: torch.Tensor) -> torch.Tensor:
-        """Raw cosine logits of a batch of windows.
+    method = "maskclip"
 
-        Args:
-            crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
-        Returns:
-            [B, Q, h, w] cosine similarities (dtype of the text embeddings, float32 by default), bilinearly
-            upsampled from the feature grid.
-        """
-        return F.interpolate(self.grid_logits(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
+    def __init__(self, clip_model: nn.Module, vocabulary: Sequence[Sequence[str]], *, slide_crop: int = 336,
+                 slide_stride: int = 112, short_side: int = 336, **kwargs) -> None:
+        super().__init__(clip_model, vocabulary, slide_crop=slide_crop, slide_stride=slide_stride,
+                         short_side=short_side, **kwargs)
 
-    @torch.no_grad()
-    def slide_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Sliding-window logits averaged over windows (raw cosine, before any softmax).
+    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens, grid = self.tokens(self.normalize_input(crops))
+        return maskclip_embeddings(self.clip.visual, tokens), grid
 
-        Args:
-            image: [1, 3, H, W] RGB in [0, 1], already resized to the test scale.
-        Returns:
-            [1, Q, H, W] float32.
-        """
-        return sliding_window_logits(
-            image.to(self.device),
-            self.grid_logits,
-            num_queries=len(self.queries),
-            crop=self.slide_crop,
-            stride=self.slide_stride,
-            window_batch_size=self.effective_window_batch_size,
-            pad_value=CLIP_MEAN,
-        )
 
-    # ------------------------------------------------------------------------------------ images
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 HxWx3 RGB (or gray/RGBA/16-bit) at original size -> [1, 3, h, w] in [0, 1], resized."""
-        from datamodules.resize import resize_short_side
+class CLIP(MaskCLIP):
+    """Vanilla CLIP baseline (no VFM): the unchanged last block on the CLIP grid, class token dropped.
+    Same results as ``ProxyCLIP(clip, None, vocabulary, attention="clip", ...)``."""
 
-        resized = resize_short_side(to_rgb_uint8(image), self.short_side, self.long_side_cap)
-        return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device).float() / 255.0
+    method = "clip"
 
-    @torch.no_grad()
-    def segment_resized(self, image: torch.Tensor, size: tuple[int, int], prob_thd: float | None = None) -> torch.Tensor:
-        """Label map of an image already resized to the test scale.
-
-        Args:
-            image: [1, 3, h, w] RGB in [0, 1] (e.g. a datamodule sample / 255).
-            size: the original (H0, W0); the logits are upsampled bilinearly to it before post-processing.
-            prob_thd: overrides the model's threshold.
-        Returns:
-            LongTensor [H0, W0] of class ids in [0, C).
-        """
-        thd = self.prob_thd if prob_thd is None else prob_thd
-        logits = self.slide_logits(image)[0]
-        return logits_to_labels(logits, self.query_to_class, self.logit_scale, thd, size=tuple(size))
-
-    @torch.no_grad()
-    def predict(self, image: np.ndarray) -> torch.Tensor:
-        """Segment one image.
-
-        Args:
-            image: numpy HxWx3 uint8 RGB at its original size (gray, RGBA and 16-bit are converted).
-        Returns:
-            LongTensor [H, W] of class ids in [0, C), on the model's device.
-        """
-        rgb = to_rgb_uint8(image)
-        return self.segment_resized(self.preprocess(rgb), rgb.shape[:2])
+    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens, grid = self.tokens(self.normalize_input(crops))
+        return vanilla_embeddings(self.clip.visual, tokens), grid

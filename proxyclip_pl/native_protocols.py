@@ -282,3 +282,47 @@ REPORTED_MIOU: Mapping[str, ReportedResults] = MappingProxyType({
         }),
     ),
 })
+
+
+def _proxyclip(short_side: int, slide_crop: int, prob_thd: float) -> Protocol:
+    # ProxyCLIP (this package, datamodules/presets.py): stride 112, logit scale 40, no area filter, no PAMR
+    return Protocol(short_side, 2048, slide_crop, 112, 40.0, prob_thd, None, 0)
+
+
+#: ProxyCLIP's own protocol (the paper's Table 1 setting), per dataset; equal to ``datamodules.presets``
+#: (short_side, crop_size, stride, prob_thd) by test. Applied to any method it gives the paper's re-runs.
+PROXYCLIP_PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({
+    "voc21": _proxyclip(336, 336, 0.2),
+    "context60": _proxyclip(336, 336, 0.15),
+    "coco_object": _proxyclip(336, 336, 0.25),
+    "voc20": _proxyclip(336, 336, 0.0),
+    "context59": _proxyclip(336, 336, 0.0),
+    "coco_stuff": _proxyclip(336, 336, 0.0),
+    "cityscapes": _proxyclip(448, 224, 0.0),
+    "ade20k": _proxyclip(448, 336, 0.0),
+})
+
+#: Built-in methods (``scripts/test.py --method``). ``proxyclip``, ``maskclip`` and ``clip`` are this
+#: package's (the no-VFM baselines of the ProxyCLIP paper): their native protocol is ProxyCLIP's.
+BUILTIN_METHODS = ("proxyclip", "maskclip", "clip", "sclip", "naclip", "clearclip")
+#: ``native``: the method's own per-dataset setting; ``proxyclip``: ProxyCLIP's setting for every method.
+PROTOCOL_NAMES = ("native", "proxyclip")
+
+
+def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protocol:
+    """The inference protocol of ``method`` on ``dataset``.
+
+    Args:
+        method: one of :data:`BUILTIN_METHODS` (any other name, e.g. a plug-in ``module:factory``, has no
+            native table and gets ProxyCLIP's protocol).
+        dataset: one of :data:`DATASETS`.
+        protocol: ``native`` (:data:`NATIVE_PROTOCOLS` for SCLIP/NACLIP/ClearCLIP, ProxyCLIP's rows for this
+            package's methods) or ``proxyclip`` (:data:`PROXYCLIP_PROTOCOLS` for every method).
+    """
+    if protocol not in PROTOCOL_NAMES:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOL_NAMES)}")
+    if dataset not in PROXYCLIP_PROTOCOLS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if protocol == "native" and method in NATIVE_PROTOCOLS:
+        return NATIVE_PROTOCOLS[method][dataset]
+    return PROXYCLIP_PROTOCOLS[dataset]

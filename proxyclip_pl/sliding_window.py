@@ -56,6 +56,7 @@ def sliding_window_logits(
     stride: int,
     window_batch_size: int,
     pad_value: tuple[float, float, float],
+    pad_multiple: int = PAD_MULTIPLE,
 ) -> torch.Tensor:
     """Average the window logits of one image.
 
@@ -65,8 +66,10 @@ def sliding_window_logits(
             each window is upsampled bilinearly (align_corners=False) to (h, w) here, one at a time, so
             the b x Q x h x w tensor is never held.
         window_batch_size: windows per ``window_logits`` call (bounds memory; results do not depend on it).
-        pad_value: RGB fill in [0, 1] for windows padded to a multiple of 56 (the CLIP mean, i.e. zero
-            after CLIP normalisation).
+        pad_value: RGB fill in [0, 1] for windows padded to a multiple of ``pad_multiple`` (the input mean,
+            i.e. zero after normalisation).
+        pad_multiple: windows are padded symmetrically up to a multiple of this (56: ProxyCLIP; 16:
+            ClearCLIP; 1: no padding, as SCLIP and NACLIP).
     Returns:
         [1, Q, H, W] float32 averaged logits.
     """
@@ -75,7 +78,7 @@ def sliding_window_logits(
     height, width = image.shape[-2:]
     boxes = window_grid(height, width, crop, stride)
     win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
-    left, right, top, bottom = pad = symmetric_padding(win_h, win_w)
+    left, right, top, bottom = pad = symmetric_padding(win_h, win_w, pad_multiple)
     padded = (win_h + top + bottom, win_w + left + right)
     fill = torch.tensor(pad_value, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
     preds = torch.zeros(num_queries, height, width, device=image.device, dtype=torch.float32)
