@@ -38,7 +38,8 @@ def array_to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Any HxW / HxWx1 / HxWx3 / HxWx4 array -> uint8 HxWx3 RGB (alpha dropped like OpenCV IMREAD_COLOR).
 
     uint8 is kept; other integers are 16-bit data whose top byte is kept (OpenCV's 16->8 bit rule, so
-    65535 -> 255); floats are taken to be in [0, 1]. Raises ``ValueError`` for other shapes or dtypes.
+    65535 -> 255); floats must lie in [0, 1] (``ValueError`` otherwise,
+    and for NaN / inf). Raises ``ValueError`` for other shapes or dtypes.
     An array is used as given: a 4-channel array is RGBA (a CMYK array is misread), an HxW array is grey
     (palette indices are not looked up) and no EXIF rotation is possible; ``read_image`` handles files.
     """
@@ -58,7 +59,14 @@ def array_to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.integer):
         return np.ascontiguousarray((np.clip(image.astype(np.int64), 0, 65535) >> 8).astype(np.uint8))
     if np.issubdtype(image.dtype, np.floating):
-        return np.ascontiguousarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8))
+        # Clipping a 0..255 float image to [0, 1] would silently turn it white: refuse instead.
+        if not np.isfinite(image).all():
+            raise ValueError("float image holds NaN or infinite values")
+        low, high = float(image.min()), float(image.max())
+        if low < 0.0 or high > 1.0:
+            hint = " (a 0..255 image: divide by 255 or cast to uint8)" if high <= 255.0 and low >= 0.0 else ""
+            raise ValueError(f"float images must lie in [0, 1], got values in [{low:g}, {high:g}]{hint}")
+        return np.ascontiguousarray(np.rint(image * 255.0).astype(np.uint8))
     raise ValueError(f"unsupported image dtype {image.dtype}; expected uint8, 16-bit integers or float in [0, 1]")
 
 

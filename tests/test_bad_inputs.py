@@ -310,6 +310,19 @@ def test_predict_palette_indices_are_taken_as_grey(model):
     assert torch.equal(model.predict(indices), model.predict(np.repeat(indices[..., None], 3, axis=2)))
 
 
+@pytest.mark.parametrize("values,needle", [
+    (np.full((8, 8, 3), 200.0), r"\[200, 200\] \(a 0..255 image: divide by 255"),
+    (np.full((8, 8, 3), -0.5), r"\[-0.5, -0.5\]"),
+    (np.array([[[np.nan, 0.2, 0.3]]]), "NaN or infinite"),
+])
+def test_float_arrays_outside_unit_range_are_refused_not_clipped(values, needle):
+    from datamodules.io import array_to_rgb_uint8
+
+    with pytest.raises(ValueError, match=needle):
+        array_to_rgb_uint8(values)
+    assert (array_to_rgb_uint8(np.full((2, 2, 3), 0.5)) == 128).all()  # in range: rint(x * 255)
+
+
 def test_predict_rgba_array_drops_alpha(model):
     rgba = np.random.default_rng(3).integers(0, 256, (24, 40, 4), dtype=np.uint8)
     rgba[:12, :, 3] = 0  # fully transparent pixels keep their RGB
