@@ -1,4 +1,4 @@
-"""Lightning shell for distributed benchmark evaluation; the method itself lives in :class:`ProxyCLIP`.
+"""Lightning shell for distributed benchmark evaluation of any segmenter (ProxyCLIP, SCLIP, ..., a plug-in).
 
 Each rank segments its shard (the datamodule's non-padding sampler gives every image to exactly one
 rank) and adds integer per-class areas to a sum-reduced metric; at the end of the epoch every rank
@@ -20,15 +20,29 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from torch import nn
+
 from .metrics import SegmentationIoU
-from .model import ProxyCLIP
 
 
-class ProxyCLIPEvaluator(pl.LightningModule):
-    """Sliding-window ProxyCLIP on each test image, exact mIoU over the whole split.
+def check_segmenter(model: nn.Module) -> None:
+    """Raise ``ValueError`` unless ``model`` is an ``nn.Module`` with ``num_classes`` and ``segment_resized``."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the segmenter must be a torch.nn.Module, got {type(model).__name__}")
+    missing = [name for name in ("num_classes", "segment_resized") if not hasattr(model, name)]
+    if missing:
+        raise ValueError(f"the segmenter {type(model).__name__} has no {' and no '.join(missing)}: it needs "
+                         "num_classes and segment_resized(image [1, 3, h, w] in [0, 1], (H0, W0)) -> LongTensor [H0, W0]")
+
+
+class SegmenterEvaluator(pl.LightningModule):
+    """A segmenter on each test image, exact mIoU over the whole split.
 
     Args:
-        model: the segmenter (its ``prob_thd`` and window settings are the benchmark's).
+        model: any ``nn.Module`` with ``num_classes`` and ``segment_resized(image, size)`` (image: the
+            datamodule's resized sample as [1, 3, h, w] floats in [0, 1]; size: the original (H0, W0);
+            returns a LongTensor [H0, W0]), e.g. a :class:`~proxyclip_pl.segmenter.Segmenter` built under the
+            benchmark's protocol.
         class_names: the benchmark's class names in label order (C entries).
         num_samples: dataset length; every index in [0, num_samples) must be evaluated exactly once.
         prediction_dir: if set, write ``<id>.png`` uint8 label maps (evaluation label space) there.
@@ -39,7 +53,7 @@ class ProxyCLIPEvaluator(pl.LightningModule):
 
     def __init__(
         self,
-        model: ProxyCLIP,
+        model: nn.Module,
         class_names: Sequence[str],
         num_samples: int,
         prediction_dir: str | Path | None = None,
@@ -47,6 +61,7 @@ class ProxyCLIPEvaluator(pl.LightningModule):
         results_file: str | Path | None = None,
     ) -> None:
         super().__init__()
+        check_segmenter(model)
         if model.num_classes != len(class_names):
             raise ValueError(f"the vocabulary has {model.num_classes} classes but the benchmark has {len(class_names)}")
         self.model = model
@@ -62,7 +77,12 @@ class ProxyCLIPEvaluator(pl.LightningModule):
     def segment(self, sample: dict[str, Any]) -> torch.Tensor:
         """One datamodule sample (resized uint8 image, original size) -> LongTensor [H0, W0]."""
         image = sample["image"].to(self.device, non_blocking=True)[None].float() / 255.0
-        return self.model.segment_resized(image, tuple(sample["ori_size"]))
+        size = tuple(int(s) for s in sample["ori_size"])
+        pred = self.model.segment_resized(image, size)
+        if not isinstance(pred, torch.Tensor) or tuple(pred.shape) != size:
+            raise RuntimeError(f"{type(self.model).__name__}.segment_resized returned "
+                               f"{tuple(getattr(pred, 'shape', ())) or type(pred).__name__}, expected a tensor of shape {size}")
+        return pred.long()
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         for sample in batch:
@@ -108,6 +128,10 @@ class ProxyCLIPEvaluator(pl.LightningModule):
             self.log(key, results[key], sync_dist=False, rank_zero_only=True)
 
 
+#: The former name (ProxyCLIP was the only method).
+ProxyCLIPEvaluator = SegmenterEvaluator
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON so that a reader never sees a partial file (temporary file + rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -116,7 +140,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """The metrics written by :class:`ProxyCLIPEvaluator` (``results_file``) in the caller's process."""
+    """The metrics written by :class:`SegmenterEvaluator` (``results_file``) in the caller's process."""
     if not path.is_file():
         raise RuntimeError(f"the evaluation finished without writing its results to {path}")
     return json.loads(path.read_text())

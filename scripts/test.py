@@ -1,8 +1,18 @@
 #!/usr/bin/env python
-"""Evaluate ProxyCLIP on the OVSS benchmarks (the paper's protocol), on any number of devices.
+"""Evaluate ProxyCLIP, a baseline or your own method on the OVSS benchmarks, on any number of devices.
 
     python scripts/test.py --data cityscapes --devices 4
     python scripts/test.py --data all --data-root /datasets --output-dir outputs/b16_dinob8
+    python scripts/test.py --data all --method naclip                      # NACLIP, its own protocol
+    python scripts/test.py --data all --method sclip --protocol proxyclip  # SCLIP under ProxyCLIP's protocol
+    python scripts/test.py --data voc21 --method mymodule:factory          # your method (docs/plugin_example.py)
+
+``--method``: proxyclip (default), maskclip, clip, sclip, naclip, clearclip, or ``module:factory``: ``factory``
+of ``module`` (importable from the current directory or installed) is called as
+``factory(vocabulary=<list of synonym lists>, protocol=<Protocol>)`` and returns the segmenter.
+``--protocol``: ``native`` (the method's own per-dataset setting; ProxyCLIP's for proxyclip/maskclip/clip and
+plug-ins) or ``proxyclip`` (ProxyCLIP's setting for any method: the paper's Table 1 re-runs). The datamodule's
+resize, the segmenter and results.json all read the same Protocol.
 
 ``--data-root``: the folder holding a benchmark's layout (e.g. .../VOCdevkit/VOC2012), or the data folder
 holding the standard sub-paths (required form for ``all``). Default: $PROXYCLIP_DATA, else data/.
@@ -11,17 +21,20 @@ Metrics are dataset-level sums (MMSegmentation's IoU metric) and do not depend o
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxyclip_pl.cli import add_model_arguments, model_kwargs, run_cli  # noqa: E402
+from proxyclip_pl.native_protocols import BUILTIN_METHODS, PROTOCOL_NAMES  # noqa: E402
 
 #: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
@@ -45,8 +58,58 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--text-cache-dir", default=None, help="text-embedding cache (default: ~/.cache/proxyclip_pl)")
+    p.add_argument("--method", default="proxyclip",
+                   help=f"{', '.join(BUILTIN_METHODS)} or module:factory (default: %(default)s)")
+    p.add_argument("--protocol", default="native", choices=list(PROTOCOL_NAMES),
+                   help="native: the method's own per-dataset setting; proxyclip: ProxyCLIP's (default: %(default)s)")
+    p.add_argument("--pamr-steps", type=int, default=None, help="PAMR steps, overriding the protocol's (0: off)")
     add_model_arguments(p)
     return p.parse_args(argv)
+
+
+def load_plugin(spec: str) -> Callable[..., Any]:
+    """``module:factory`` -> the factory (the current directory is importable, as for ``python -m``)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--method {spec!r}: expected one of {', '.join(BUILTIN_METHODS)} or module:factory")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--method {spec}: cannot import {module_name!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--method {spec}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def resolve_protocol(args: argparse.Namespace, key: str):
+    """The Protocol of ``--method`` on ``key`` under ``--protocol``, with ``--pamr-steps`` applied.
+
+    A plug-in factory may carry ``native_protocols`` (dataset key -> Protocol) for its native protocol."""
+    from proxyclip_pl.native_protocols import protocol_for
+
+    protocol = protocol_for(args.method, key, args.protocol)
+    if args.protocol == "native" and args.method not in BUILTIN_METHODS:
+        protocol = (getattr(load_plugin(args.method), "native_protocols", None) or {}).get(key, protocol)
+    if args.pamr_steps is not None:
+        protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
+    return protocol
+
+
+def build_model(args: argparse.Namespace, vocabulary, protocol):
+    """The segmenter of ``--method`` under ``protocol``."""
+    from proxyclip_pl import build_segmenter
+
+    if args.method not in BUILTIN_METHODS:
+        return load_plugin(args.method)(vocabulary=vocabulary, protocol=protocol)
+    kwargs = model_kwargs(args)
+    if args.method != "proxyclip":
+        if kwargs.pop("attention") != "proxy":
+            raise ValueError(f"--attention is a ProxyCLIP option; --method {args.method} has none")
+        kwargs.pop("vfm"), kwargs.pop("vfm_weights")
+    return build_segmenter(args.method, vocabulary, protocol, text_cache_dir=args.text_cache_dir, **kwargs)
 
 
 def check_devices(args: argparse.Namespace) -> str:
@@ -89,7 +152,7 @@ def data_root_for(key: str, args: argparse.Namespace) -> Path | None:
     return root
 
 
-def configuration(args: argparse.Namespace, key: str, model, world_size: int) -> dict[str, Any]:
+def configuration(args: argparse.Namespace, key: str, model, protocol, world_size: int) -> dict[str, Any]:
     import lightning
     import numpy
     import open_clip
@@ -99,24 +162,35 @@ def configuration(args: argparse.Namespace, key: str, model, world_size: int) ->
 
     import proxyclip_pl
 
+    builtin = args.method in BUILTIN_METHODS
+    attr = lambda name, default=None: getattr(model, name, default)  # noqa: E731  (plug-ins may lack them)
+    window_batch_size = attr("effective_window_batch_size")
+    queries = attr("queries")
     return {
-        "clip": args.clip,
-        "clip_weights": args.clip_weights or "(preset tag)",
-        "vfm": args.vfm,
-        "vfm_weights": args.vfm_weights,
-        "vfm_kind": model.vfm_kind,
-        "attention": model.attention,
-        "seed": args.seed,
-        "beta": model.beta,
-        "gamma": model.gamma,
-        "logit_scale": model.logit_scale,
-        "prob_thd": model.prob_thd,
-        "short_side": model.short_side,
-        "long_side_cap": model.long_side_cap,
-        "slide_crop": model.slide_crop,
-        "slide_stride": model.slide_stride,
-        "window_batch_size": model.effective_window_batch_size,
-        "num_queries": len(model.queries),
+        "method": args.method,
+        "protocol": args.protocol,
+        "protocol_settings": dataclasses.asdict(protocol),
+        "pamr_steps_override": args.pamr_steps,
+        "segmenter": f"{type(model).__module__}.{type(model).__qualname__}",
+        "clip": args.clip if builtin else None,
+        "clip_weights": (args.clip_weights or "(preset tag)") if builtin else None,
+        "vfm": args.vfm if args.method == "proxyclip" else None,
+        "vfm_weights": args.vfm_weights if args.method == "proxyclip" else None,
+        "vfm_kind": attr("vfm_kind"),
+        "attention": attr("attention"),
+        "seed": args.seed if builtin else None,
+        "beta": attr("beta"),
+        "gamma": attr("gamma"),
+        "logit_scale": attr("logit_scale", protocol.logit_scale),
+        "prob_thd": attr("prob_thd", protocol.prob_thd),
+        "area_thd": attr("area_thd", protocol.area_thd),
+        "pamr_steps": attr("pamr_steps", protocol.pamr_steps),
+        "short_side": protocol.short_side,
+        "long_side_cap": protocol.long_side_cap,
+        "slide_crop": attr("slide_crop", protocol.slide_crop),
+        "slide_stride": attr("slide_stride", protocol.slide_stride),
+        "window_batch_size": window_batch_size,
+        "num_queries": len(queries) if queries is not None else None,
         "precision": args.precision,
         "world_size": world_size,
         "num_nodes": args.num_nodes,
@@ -138,11 +212,14 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
     import torch
 
     from datamodules import BENCHMARKS, build_datamodule
-    from proxyclip_pl import build_proxyclip, load_vocabulary
-    from proxyclip_pl.evaluation import ImagesPerSecondBar, ProxyCLIPEvaluator, format_results_table, read_results
+    from proxyclip_pl import load_vocabulary
+    from proxyclip_pl.evaluation import ImagesPerSecondBar, SegmenterEvaluator, format_results_table, read_results
 
     preset = BENCHMARKS[key]
-    dm = build_datamodule(key, data_root=data_root_for(key, args), num_workers=args.num_workers)
+    protocol = resolve_protocol(args, key)
+    # the datamodule resizes with the protocol's short side and long-side cap
+    dm = build_datamodule(key, data_root=data_root_for(key, args), num_workers=args.num_workers,
+                          short_side=protocol.short_side, long_cap=protocol.long_side_cap)
     dm.setup("test")
     if args.limit is not None:
         dm.test_dataset = torch.utils.data.Subset(dm.test_dataset, range(min(args.limit, len(dm.test_dataset))))
@@ -155,14 +232,10 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
                          f"--num-nodes {args.num_nodes}); every process needs at least one image: use at most "
                          f"{num_samples} device(s){' or a larger --limit' if args.limit is not None else ''}")
 
-    model = build_proxyclip(
-        load_vocabulary(preset.vocabulary_file), prob_thd=preset.prob_thd, short_side=preset.short_side,
-        slide_crop=preset.crop_size, slide_stride=preset.stride, text_cache_dir=args.text_cache_dir,
-        **model_kwargs(args),
-    )
+    model = build_model(args, load_vocabulary(preset.vocabulary_file), protocol)
     metrics_file = out_dir / ".metrics.json"
     metrics_file.unlink(missing_ok=True)  # never read a previous run's numbers
-    module = ProxyCLIPEvaluator(
+    module = SegmenterEvaluator(
         model, dm.class_names, num_samples,
         prediction_dir=out_dir / "predictions" if args.save_predictions else None,
         show_dir=Path(args.show_dir) / key if args.show_dir and args.data == "all" else args.show_dir,
@@ -196,10 +269,10 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
         "seconds": round(seconds, 2),
         "images_per_second": round(num_samples / seconds, 3),
         "data_root": str(dm.data_root),
-        "config": configuration(args, key, model, trainer.world_size),
+        "config": configuration(args, key, model, protocol, trainer.world_size),
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    print(format_results_table(results, title=f"== {key} =="))
+    print(format_results_table(results, title=f"== {key} ({args.method}, {args.protocol} protocol) =="))
     print(f"results written to {out_dir / 'results.json'}")
     return results
 
@@ -211,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = TABLE_ORDER if args.data == "all" else [args.data]
     if args.data != "all" and args.data not in BENCHMARKS:
         raise ValueError(f"unknown --data {args.data!r}; expected one of {', '.join(TABLE_ORDER)} or 'all'")
+    if args.method not in BUILTIN_METHODS:
+        load_plugin(args.method)  # fail on a bad module:factory before any process starts
+    if args.pamr_steps is not None and args.pamr_steps < 0:
+        raise ValueError(f"--pamr-steps must be >= 0, got {args.pamr_steps}")
     accelerator = check_devices(args)
     out_root = Path(args.output_dir)
     check_writable(out_root)
@@ -229,9 +306,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         mious = [all_results[k]["mIoU"] for k in keys]
         row = {**{k: m for k, m in zip(keys, mious)}, "avg": round(sum(mious) / len(mious), 2)}
         (out_root / "summary.json").write_text(json.dumps(row, indent=2))
-        print(" | ".join(f"{k:>11}" for k in row))
-        print(" | ".join(f"{v:>11.2f}" for v in row.values()))
+        print(table_row(args.method, args.protocol, row))
     return 0
+
+
+def table_row(method: str, protocol: str, row: dict[str, float]) -> str:
+    """Table 1 row of ``method`` (mIoU per benchmark and the average), with the published row under it
+    when the method's native protocol was run and its paper/README numbers are known."""
+    from proxyclip_pl.native_protocols import REPORTED_MIOU
+
+    name = f"{method} ({protocol})"
+    width = max(len(name), 10)
+    lines = [f"{'':<{width}} | " + " | ".join(f"{k:>11}" for k in row),
+             f"{name:<{width}} | " + " | ".join(f"{v:>11.2f}" for v in row.values())]
+    if protocol == "native" and method in REPORTED_MIOU:
+        reported = [REPORTED_MIOU[method].miou.get(k) for k in TABLE_ORDER]
+        cells = [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in reported]
+        known = [v for v in reported if v is not None]
+        cells.append(f"{sum(known) / len(known):>11.2f}" if len(known) == len(reported) else f"{'-':>11}")
+        lines.append(f"{'reported':<{width}} | " + " | ".join(cells))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
