@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -31,6 +33,25 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         attention=args.attention,
         window_batch_size=args.window_batch_size,
     )
+
+
+def load_plugin(spec: str) -> Callable[..., Any]:
+    """``module:factory`` -> the factory (the current directory is importable, as for ``python -m``)."""
+    from .native_protocols import BUILTIN_METHODS
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--method {spec!r}: expected one of {', '.join(BUILTIN_METHODS)} or module:factory")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--method {spec}: cannot import {module_name!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--method {spec}: module {module_name!r} has no callable {attr!r}")
+    return factory
 
 
 #: Errors a user can fix (bad name, missing file, ...): reported in one line, no traceback.

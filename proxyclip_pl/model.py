@@ -16,7 +16,14 @@ from torch import nn
 
 from datamodules.io import array_to_rgb_uint8 as to_rgb_uint8  # noqa: F401  (gray/RGBA/16-bit inputs)
 
-from .clip_encoder import CLIP_MEAN, CLIP_STD, last_block_values, maskclip_embeddings, project_tokens, vanilla_embeddings
+from .clip_encoder import (  # noqa: F401  (CLIP_MEAN, CLIP_STD re-exported)
+    CLIP_MEAN,
+    CLIP_STD,
+    last_block_values,
+    maskclip_embeddings,
+    project_tokens,
+    vanilla_embeddings,
+)
 from .proxy_attention import proxy_attention
 from .segmenter import Segmenter
 from .vfm import VFM_KINDS, check_vfm, vfm_features, vfm_raw_attention

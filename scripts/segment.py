@@ -1,8 +1,13 @@
 #!/usr/bin/env python
-"""Segment one image with ProxyCLIP and free-form class names.
+"""Segment one image with ProxyCLIP (or another method) and free-form class names.
 
     python scripts/segment.py photo.jpg --classes "cat; kitten" "dog" --background "sky; wall; floor" \
         --prob-thd 0.2 --out overlay.png --labels-out labels.png
+    python scripts/segment.py photo.jpg --classes cat dog --method naclip --pamr-steps 10 --out overlay.png
+
+``--method``: proxyclip (default), maskclip, clip, sclip, naclip, clearclip or ``module:factory`` (called as
+``factory(vocabulary=..., protocol=...)``, see scripts/test.py). Windows: --short-side/--crop/--stride
+(default 336/336/112 for proxyclip, maskclip and clip, 336/224/112 otherwise; --crop 0 = whole image).
 
 Class ids: with --background, 0 is the background and the --classes follow from 1; without it the
 --classes are 0..N-1. Synonyms are separated by '; '.
@@ -28,9 +33,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prob-thd", type=float, default=0.0, help="pixels below this probability become background")
     p.add_argument("--out", required=True, help="overlay PNG with a legend")
     p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
-    p.add_argument("--short-side", type=int, default=336)
-    p.add_argument("--crop", type=int, default=336)
-    p.add_argument("--stride", type=int, default=112)
+    p.add_argument("--method", default="proxyclip", help="proxyclip, maskclip, clip, sclip, naclip, clearclip or module:factory")
+    p.add_argument("--short-side", type=int, default=None, help="default 336")
+    p.add_argument("--crop", type=int, default=None, help="default 336 (proxyclip, maskclip, clip) or 224; 0: whole image")
+    p.add_argument("--stride", type=int, default=None, help="default 112")
+    p.add_argument("--logit-scale", type=float, default=40.0)
+    p.add_argument("--area-thd", type=float, default=None, help="SCLIP's foreground-area filter (default: off)")
+    p.add_argument("--pamr-steps", type=int, default=0, help="PAMR steps (default: off)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     add_model_arguments(p)
     return p.parse_args(argv)
@@ -64,10 +73,37 @@ def check_output(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {target}: unknown image extension {target.suffix!r}; use e.g. .png")
 
 
+def build_model(args: argparse.Namespace, vocabulary):
+    """The segmenter of ``--method`` with the window / threshold flags."""
+    import proxyclip_pl
+    from proxyclip_pl.native_protocols import BUILTIN_METHODS, Protocol
+
+    own = args.method in ("proxyclip", "maskclip", "clip")
+    short_side = args.short_side or 336
+    crop = args.crop if args.crop is not None else (336 if own else 224)
+    stride = args.stride or 112
+    if args.method == "proxyclip":
+        return proxyclip_pl.build_proxyclip(
+            vocabulary, prob_thd=args.prob_thd, short_side=short_side, slide_crop=crop, slide_stride=stride,
+            logit_scale=args.logit_scale, area_thd=args.area_thd, pamr_steps=args.pamr_steps, device=args.device,
+            **model_kwargs(args),
+        )
+    protocol = Protocol(short_side, max(2048, short_side), crop, stride, args.logit_scale, args.prob_thd, args.area_thd,
+                        args.pamr_steps)
+    if args.method not in BUILTIN_METHODS:
+        from proxyclip_pl.cli import load_plugin
+
+        return load_plugin(args.method)(vocabulary=vocabulary, protocol=protocol).to(args.device)
+    kwargs = model_kwargs(args)
+    if kwargs.pop("attention") != "proxy":
+        raise ValueError(f"--attention is a ProxyCLIP option; --method {args.method} has none")
+    kwargs.pop("vfm"), kwargs.pop("vfm_weights")
+    return proxyclip_pl.build_segmenter(args.method, vocabulary, protocol, device=args.device, **kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from datamodules.io import read_image
-    from proxyclip_pl import build_proxyclip
     from proxyclip_pl.visualize import add_legend, overlay
     from proxyclip_pl.vocabulary import parse_vocabulary
 
@@ -84,10 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.labels_out:
         check_output(args.labels_out, "--labels-out")
 
-    model = build_proxyclip(
-        vocabulary, prob_thd=args.prob_thd, short_side=args.short_side, slide_crop=args.crop,
-        slide_stride=args.stride, device=args.device, **model_kwargs(args),
-    )
+    model = build_model(args, vocabulary)
     labels = model.predict(image).cpu().numpy().astype("uint8")
 
     from PIL import Image

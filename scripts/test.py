@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxyclip_pl.cli import add_model_arguments, model_kwargs, run_cli  # noqa: E402
+from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run_cli  # noqa: E402
 from proxyclip_pl.native_protocols import BUILTIN_METHODS, PROTOCOL_NAMES  # noqa: E402
 
 #: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
@@ -65,23 +64,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pamr-steps", type=int, default=None, help="PAMR steps, overriding the protocol's (0: off)")
     add_model_arguments(p)
     return p.parse_args(argv)
-
-
-def load_plugin(spec: str) -> Callable[..., Any]:
-    """``module:factory`` -> the factory (the current directory is importable, as for ``python -m``)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--method {spec!r}: expected one of {', '.join(BUILTIN_METHODS)} or module:factory")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"--method {spec}: cannot import {module_name!r} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"--method {spec}: module {module_name!r} has no callable {attr!r}")
-    return factory
 
 
 def resolve_protocol(args: argparse.Namespace, key: str):

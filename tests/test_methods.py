@@ -390,3 +390,23 @@ def test_plugin_method_from_the_docs_example_one_and_two_processes(bench):
     assert cfg["segmenter"] == "mymod.ValueValueCLIP"
     preds = sorted((bench / "out_plugin_2" / "predictions").glob("*.png"))
     assert len(preds) == 4
+
+
+@pytest.mark.parametrize("method", ["naclip", "clearclip"])
+def test_segment_script_takes_a_method(tmp_path, method):
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("script_segment_methods", ROOT / "scripts" / "segment.py")
+    segment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(segment)
+    image = tmp_path / "x.png"
+    Image.fromarray((rand_images((40, 50, 3), seed=3).numpy() * 255).astype(np.uint8)).save(image)
+    argv = [str(image), "--classes", "cat", "dog", "--out", str(tmp_path / "o.png"), "--labels-out",
+            str(tmp_path / "l.png"), "--method", method, "--short-side", "64", "--crop", "0", "--pamr-steps", "2",
+            "--clip", str(write_tiny_clip_config(tmp_path)), "--clip-weights", "random", "--device", "cpu"]
+    assert segment.main(argv) == 0
+    labels = np.asarray(Image.open(tmp_path / "l.png"))
+    assert labels.shape == (40, 50) and labels.max() <= 1
+    args = segment.parse_args(argv)
+    model = segment.build_model(args, [["cat"], ["dog"]])
+    assert type(model).method == method and model.protocol == Protocol(64, 2048, 0, 112, 40.0, 0.0, None, 2)
