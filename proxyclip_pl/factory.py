@@ -445,6 +445,12 @@ def _load_vfm_spec(name: str) -> tuple[str, str | None, dict[str, Any]]:
         raise ValueError(f"VFM spec {path} must be JSON with 'model_name' (and optional 'kind', 'kwargs')") from exc
 
 
+def check_vfm_name(name: str) -> None:
+    """``ValueError`` (or ``FileNotFoundError`` for a missing spec) unless ``name`` is a known timm VFM or a
+    valid VFM spec file; cheap: nothing is built."""
+    _check_timm_name(_load_vfm_spec(name)[0] if name.endswith(".json") else name)
+
+
 def build_vfm(name: str = DEFAULT_VFM, weights: str = PRETRAINED, seed: int = 0, **timm_kwargs: Any) -> tuple[nn.Module, str]:
     """A frozen timm VFM (eval mode) and its ProxyCLIP kind.
 
@@ -516,21 +522,42 @@ def build_proxyclip(
     """
     from .model import ProxyCLIP
 
-    clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
-    clip_model.to(device)
-    if "text_embeddings" not in proxyclip_kwargs:
-        proxyclip_kwargs["text_embeddings"] = text_embeddings_for(
-            clip_model, tokenizer, vocabulary, clip, clip_weights, seed, text_cache_dir
-        )
-    if not keep_text_tower:
-        # Before the VFM is built, so that its weights reuse the freed memory (lower peak RSS).
-        release_text_tower(clip_model)
+    if vfm is not None:
+        check_vfm_name(vfm)  # a wrong VFM name fails before minutes of CLIP loading and text encoding
+    clip_model, tokenizer = _clip_with_text_embeddings(
+        proxyclip_kwargs, vocabulary, clip, clip_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower
+    )
     vfm_model, kind = (None, "dino") if vfm is None else build_vfm(vfm, vfm_weights, seed=seed)
     if vfm_model is not None:
         vfm_model.to(device)
     proxyclip_kwargs.setdefault("vfm_kind", kind)
     model = ProxyCLIP(clip_model, vfm_model, vocabulary, tokenizer=tokenizer, **proxyclip_kwargs)
     return model.to(device)
+
+
+def _clip_with_text_embeddings(
+    kwargs: dict[str, Any],
+    vocabulary: Sequence[Sequence[str]],
+    clip: str,
+    clip_weights: str | None,
+    seed: int,
+    device: str | torch.device,
+    cache_dir: str | None,
+    text_cache_dir: str | Path | None | bool,
+    keep_text_tower: bool,
+) -> tuple[nn.Module, Callable[[list[str]], torch.Tensor]]:
+    """Build CLIP on ``device`` and set ``kwargs["text_embeddings"]`` (cached) unless given; the text
+    tower is then freed unless ``keep_text_tower``."""
+    clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
+    clip_model.to(device)
+    if "text_embeddings" not in kwargs:
+        kwargs["text_embeddings"] = text_embeddings_for(
+            clip_model, tokenizer, vocabulary, clip, clip_weights, seed, text_cache_dir
+        )
+    if not keep_text_tower:
+        # Before any VFM is built, so that its weights reuse the freed memory (lower peak RSS).
+        release_text_tower(clip_model)
+    return clip_model, tokenizer
 
 
 def text_embeddings_for(
@@ -610,14 +637,9 @@ def build_segmenter(
         return build_proxyclip(vocabulary, clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
                                seed=seed, device=device, cache_dir=cache_dir, text_cache_dir=text_cache_dir,
                                keep_text_tower=keep_text_tower, **kwargs)
-    clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
-    clip_model.to(device)
-    if "text_embeddings" not in kwargs:
-        kwargs["text_embeddings"] = text_embeddings_for(
-            clip_model, tokenizer, vocabulary, clip, clip_weights, seed, text_cache_dir
-        )
-    if not keep_text_tower:
-        release_text_tower(clip_model)
+    clip_model, tokenizer = _clip_with_text_embeddings(
+        kwargs, vocabulary, clip, clip_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower
+    )
     return classes[method](clip_model, vocabulary, tokenizer=tokenizer, **kwargs).to(device)
 
 

@@ -531,10 +531,8 @@ def test_unknown_vfm_name_through_the_cli(cli_runs):
     assert "vit_base_patch8_224.dino" in lines[0]  # lists valid names
 
 
-@pytest.mark.xfail(strict=True, reason="factory.build_proxyclip builds the CLIP (and its text embeddings) before it "
-                                       "checks the VFM name, so open_clip's 'No pretrained weights loaded' warning "
-                                       "(or a real checkpoint load) precedes the error; factory.py is not ours")
 def test_unknown_vfm_name_is_the_only_stderr_line(cli_runs):
+    """The VFM name is checked before CLIP is built, so no CLIP loading output precedes the error."""
     _code, stderr = finished(cli_runs["vfm_unknown"])
     assert len(stderr.splitlines()) == 1, stderr
 
