@@ -1,4 +1,4 @@
-"""Test-time LightningDataModules for eight open-vocabulary segmentation benchmarks.
+"""Test-time LightningDataModules for ten open-vocabulary segmentation benchmarks (the paper's eight, ADE-847, PC-459).
 
 Self-contained (no dependency on any model package)::
 
@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 # must not pull in Lightning and albumentations.
 _SUBMODULE_OF = {
     "DatasetCountWarning": "base", "SegmentationDataModule": "base", "default_data_root": "base",
-    "ADE20KDataModule": "benchmarks", "CityscapesDataModule": "benchmarks", "COCOObjectDataModule": "benchmarks",
+    "ADE20KDataModule": "benchmarks", "ADE847DataModule": "benchmarks",
+    "Context459DataModule": "benchmarks", "MAIN_BENCHMARKS": "presets", "CityscapesDataModule": "benchmarks", "COCOObjectDataModule": "benchmarks",
     "COCOStuffDataModule": "benchmarks", "Context59DataModule": "benchmarks", "Context60DataModule": "benchmarks",
     "DATAMODULES": "benchmarks", "VOC20DataModule": "benchmarks", "VOC21DataModule": "benchmarks",
     "build_datamodule": "benchmarks",
+    "DatasetCardError": "custom", "custom_preset": "custom", "read_card": "custom",
     "DatasetLayoutError": "dataset", "SegmentationTestDataset": "dataset", "build_sample_list": "dataset",
     "list_collate": "dataset",
     "DataFileError": "io", "MissingFileError": "io", "read_image": "io", "read_label": "io",
@@ -52,8 +54,9 @@ __all__ = [
     "BENCHMARKS", "BenchmarkPreset", "build_datamodule", "DATAMODULES", "SegmentationDataModule",
     "VOC21DataModule", "VOC20DataModule", "Context60DataModule", "Context59DataModule",
     "COCOObjectDataModule", "COCOStuffDataModule", "CityscapesDataModule", "ADE20KDataModule",
+    "ADE847DataModule", "Context459DataModule", "MAIN_BENCHMARKS",
     "SegmentationTestDataset", "build_sample_list", "list_collate", "UnrepeatedDistributedSampler",
     "read_image", "read_label", "array_to_rgb_uint8", "DataFileError", "MissingFileError", "DatasetLayoutError",
-    "DatasetCountWarning", "default_data_root", "IGNORE_INDEX", "ResizeShortSide",
+    "DatasetCountWarning", "default_data_root", "DatasetCardError", "custom_preset", "read_card", "IGNORE_INDEX", "ResizeShortSide",
     "build_test_transform", "rescale_size", "resize_short_side", "label_lut", "apply_label_transform",
 ]

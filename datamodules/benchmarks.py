@@ -42,25 +42,63 @@ class ADE20KDataModule(SegmentationDataModule):
     preset = BENCHMARKS["ade20k"]
 
 
+class ADE847DataModule(SegmentationDataModule):
+    preset = BENCHMARKS["ade847"]
+
+
+class Context459DataModule(SegmentationDataModule):
+    preset = BENCHMARKS["context459"]
+
+
 DATAMODULES: dict[str, type[SegmentationDataModule]] = {
     cls.preset.key: cls
     for cls in (VOC21DataModule, VOC20DataModule, Context60DataModule, Context59DataModule,
-                COCOObjectDataModule, COCOStuffDataModule, CityscapesDataModule, ADE20KDataModule)
+                COCOObjectDataModule, COCOStuffDataModule, CityscapesDataModule, ADE20KDataModule,
+                ADE847DataModule, Context459DataModule)
 }
 
 _DM_KWARGS = {"pin_memory", "long_cap"}
 _PRESET_FIELDS = {f.name for f in dataclasses.fields(BenchmarkPreset)} - {"key"}
 
 
+def _build_custom(name: str, data_root, batch_size: int, num_workers: int,
+                  overrides: dict[str, Any]) -> SegmentationDataModule:
+    from .custom import CARD_KEYS, DatasetCardError, custom_preset, read_card
+
+    dm_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in _DM_KWARGS}
+    if name != "custom":  # a dataset card; keyword arguments override its keys
+        spec = read_card(name)
+        if data_root is not None:
+            spec["data_root"] = data_root
+        spec.update(overrides)
+    else:
+        spec = dict(overrides, data_root=data_root)
+    unknown = sorted(set(spec) - set(CARD_KEYS) - {"_base", "_source"})
+    if unknown:
+        raise TypeError(f"unknown option(s) for a custom dataset: {unknown}; accepted: {list(CARD_KEYS)}")
+    for key in ("data_root", "classes", "img_dir", "ann_dir"):
+        if spec.get(key) is None:
+            raise DatasetCardError(f"a custom dataset needs {key}=...")
+    root = spec.pop("data_root")
+    preset = custom_preset(**spec)
+    return SegmentationDataModule(preset=preset, data_root=root, batch_size=batch_size, num_workers=num_workers,
+                                  **dm_kwargs)
+
+
 def build_datamodule(name: str, data_root: str | os.PathLike | None = None, batch_size: int = 1,
                      num_workers: int = 2, **overrides: Any) -> SegmentationDataModule:
-    """Datamodule for benchmark ``name`` (a key of ``BENCHMARKS``).
+    """Datamodule for benchmark ``name`` (a key of ``BENCHMARKS``), ``"custom"`` (a user dataset described
+    by keyword arguments, see :func:`datamodules.custom.custom_preset`) or the path of a JSON dataset card.
 
     ``overrides`` may hold datamodule options (``pin_memory``, ``long_cap``) or preset
     fields to change (e.g. ``short_side=448``), which yields a modified frozen preset.
     """
+    name = os.fspath(name)
+    if name == "custom" or name.endswith(".json"):
+        return _build_custom(name, data_root, batch_size, num_workers, overrides)
     if name not in DATAMODULES:
-        raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}, 'custom' "
+                         "or a dataset card (.json)")
     dm_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in _DM_KWARGS}
     unknown = set(overrides) - _PRESET_FIELDS
     if unknown:

@@ -31,6 +31,8 @@ class DatasetLayoutError(FileNotFoundError):
 
 
 def _layout_error(preset: BenchmarkPreset, root: Path, what: str) -> DatasetLayoutError:
+    if preset.is_custom:
+        return DatasetLayoutError(f"[{preset.key}] {what}\n  data_root: {root}\n  {preset.prepare_command}")
     return DatasetLayoutError(
         f"[{preset.key}] {what}\n  data_root: {root}\n"
         f"  Prepare the dataset with:\n    {preset.prepare_command}\n"
@@ -87,11 +89,15 @@ class SegmentationTestDataset(Dataset):
         self.root = Path(root)
         self.samples = samples if samples is not None else build_sample_list(preset, self.root)
         self.transform = transform if transform is not None else build_test_transform(preset.short_side)
-        self._lut = label_lut(preset.reduce_zero_label)
-        # valid[v] says whether transformed value v may appear: [0, C) ∪ {255}.
-        self._valid = np.zeros(256, dtype=bool)
+        self._lut = label_lut(preset.reduce_zero_label, preset.label_bits)
+        # valid[v] says whether transformed value v may appear: [0, C) ∪ {ignore_index} ∪ extra values.
+        size = 1 << preset.label_bits
+        self._valid = np.zeros(size, dtype=bool)
         self._valid[: preset.num_classes] = True
-        self._valid[IGNORE_INDEX] = True
+        reduce_out = (IGNORE_INDEX,) if preset.reduce_zero_label else ()
+        for v in (preset.ignore_index, *reduce_out, *preset.extra_label_values):
+            if 0 <= v < size:
+                self._valid[v] = True
         self._warned_ignore = False
 
     def __len__(self) -> int:
@@ -102,21 +108,26 @@ class SegmentationTestDataset(Dataset):
         return [s[0] for s in self.samples]
 
     def load_label(self, index: int) -> np.ndarray:
-        """Transformed uint8 label (H0, W0) of sample ``index``, validated against [0, C) ∪ {255}."""
+        """Transformed label (H0, W0) of sample ``index`` (uint8, or uint16 for 16-bit presets), validated
+        against [0, C) ∪ {255, ignore_index} ∪ the preset's extra values."""
         _sid, _img, ann = self.samples[index]
-        label = self._lut[read_label(ann)]
-        counts = np.bincount(label.ravel(), minlength=256)
+        label = self._lut[read_label(ann, max_value=self.preset.max_label_value)]
+        counts = np.bincount(label.ravel(), minlength=self._valid.size)
         present = counts > 0
         bad = np.flatnonzero(present & ~self._valid)
         if bad.size:
+            allowed = sorted(int(v) for v in np.flatnonzero(self._valid) if v >= self.preset.num_classes)
+            shown = bad.tolist()[:20]
             raise DataFileError(
-                f"label file {ann} has values {bad.tolist()} outside [0, {self.preset.num_classes}) ∪ {{255}} "
+                f"label file {ann} has values {shown}{' ...' if bad.size > 20 else ''} outside "
+                f"[0, {self.preset.num_classes}) ∪ {set(allowed)} "
                 f"after the {self.preset.key} label transform; was it converted with "
                 f"`{self.preset.prepare_command}`?"
             )
-        if present[IGNORE_INDEX] and not self.preset.has_ignore and not self._warned_ignore:
+        ign = self.preset.ignore_index
+        if 0 <= ign < present.size and present[ign] and not self.preset.has_ignore and not self._warned_ignore:
             self._warned_ignore = True
-            warnings.warn(f"label file {ann} contains 255, which {self.preset.key} never uses "
+            warnings.warn(f"label file {ann} contains {ign}, which {self.preset.key} never uses "
                           "(it has no ignore pixels); check the conversion.", stacklevel=2)
         return label
 

@@ -96,21 +96,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Decode a label map to uint8 indices, shape (H, W), values 0..255.
+def read_label(path: str | os.PathLike, max_value: int = 255) -> np.ndarray:
+    """Decode a label map to integer indices, shape (H, W).
 
     Palette ('P') PNGs give their palette indices.  Multi-channel labels are rejected
-    (they are colour renderings, not index maps); 16/32-bit maps must fit in uint8.
+    (they are colour renderings, not index maps).  With ``max_value`` 255 (8-bit benchmarks) the
+    result is uint8 and 16/32-bit maps must fit in 0..255; with ``max_value`` up to 65535 (16-bit
+    benchmarks such as ADE-847 / PC-459, stored as uint16 TIFF or 16-bit PNG) the result is uint16.
+    Values above ``max_value`` raise :class:`DataFileError` naming the file.
     """
+    if not 1 <= max_value <= 65535:
+        raise ValueError(f"max_value must lie in 1..65535, got {max_value}")
     img = _open(path, "label")
+    out_dtype = np.uint8 if max_value <= 255 else np.uint16
     if img.mode in ("P", "L"):
-        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "1"):
+        arr = np.asarray(img, dtype=np.uint8)
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "1"):
         arr = np.asarray(img)
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DataFileError(f"label file {path} has values outside 0..255 (mode {img.mode})")
-        return arr.astype(np.uint8)
-    raise DataFileError(
-        f"label file {path} has mode {img.mode!r}; expected a single-channel index map "
-        "('P' or 'L'). Colour-rendered labels cannot be used."
-    )
+        if arr.size and (arr.min() < 0 or arr.max() > max_value):
+            what = "0..255" if max_value == 255 else f"0..{max_value}"
+            hint = "" if max_value > 255 else " (a 16-bit label set needs a 16-bit preset: label_bits=16)"
+            raise DataFileError(f"label file {path} has values outside {what} (mode {img.mode}); "
+                                f"max {int(arr.max())}{hint}")
+    else:
+        raise DataFileError(
+            f"label file {path} has mode {img.mode!r}; expected a single-channel index map "
+            "('P', 'L', or 16-bit 'I;16' / 'I'). Colour-rendered labels cannot be used."
+        )
+    if arr.ndim != 2:
+        raise DataFileError(f"label file {path} decoded to shape {arr.shape}; expected a 2-D index map")
+    return np.ascontiguousarray(arr.astype(out_dtype))

@@ -477,6 +477,263 @@ def prepare_cityscapes(src: Path, dst: Path, split: str = "val", link_mode: str 
 
 
 # =====================================================================================
+# ADE-847 and PASCAL Context 459 (the CAT-Seg / MaskFormer preparation, transcribed)
+# =====================================================================================
+
+#: Value written for pixels without one of the 847 / 459 classes (uint16 maps).
+UNLABELED_16BIT = 65535
+#: ADE-847: raw ADE20K-full object class id of train id t (``datasets/prepare_ade20k_full.py``'s
+#: ``ADE20K_SEM_SEG_FULL_CATEGORIES``, in train-id order), one per line.
+ADE847_RAW_IDS_FILE = Path(__file__).resolve().parent / "classes" / "ade847_raw_ids.txt"
+#: ADE-847 images and labels are shrunk so that a short side above this becomes this.
+ADE847_MAX_SHORT = 512
+
+
+def ade847_raw_ids() -> np.ndarray:
+    ids = np.array([int(x) for x in ADE847_RAW_IDS_FILE.read_text().split()], dtype=np.int64)
+    assert ids.size == 847 and np.unique(ids).size == 847
+    return ids
+
+
+def ade847_lut() -> np.ndarray:
+    """(6656,) uint16: decoded ADE20K-full class id -> train id 0..846, every other id -> 65535."""
+    lut = np.full(25 * 256 + 256, UNLABELED_16BIT, dtype=np.uint16)
+    lut[ade847_raw_ids()] = np.arange(847, dtype=np.uint16)
+    return lut
+
+
+def decode_ade_full_seg(seg: np.ndarray, source: str = "<array>") -> np.ndarray:
+    """ADE20K ``*_seg.png`` (H, W, >=3) uint8 -> object class id ``(R / 10) * 256 + G`` as int32.
+
+    ``R / 10`` truncated towards zero (the script's ``(R / 10).astype(np.int32)``), i.e. ``R // 10``.
+    """
+    seg = np.asarray(seg)
+    if seg.ndim != 3 or seg.shape[2] < 3 or seg.dtype != np.uint8:
+        raise UnexpectedRawValueError(f"{source}: expected an 8-bit RGB *_seg.png, got shape {seg.shape} "
+                                      f"dtype {seg.dtype}")
+    r = seg[:, :, 0].astype(np.int32)
+    g = seg[:, :, 1].astype(np.int32)
+    return (r // 10) * 256 + g
+
+
+def ade847_resized_size(h: int, w: int, max_size: int = ADE847_MAX_SHORT) -> tuple[int, int] | None:
+    """New (h, w) of the preparation's shrink rule, or None when the image is kept.
+
+    ``w >= h > 512``: (512, round(w / h * 512)); ``h >= w > 512``: (round(h / w * 512), 512); otherwise kept
+    (Python's ``round``, half to even).
+    """
+    if w >= h > max_size:
+        return max_size, round(w / float(h) * max_size)
+    if h >= w > max_size:
+        return round(h / float(w) * max_size), max_size
+    return None
+
+
+def convert_ade847(image: np.ndarray, seg: np.ndarray, source: str = "<array>") -> tuple[np.ndarray, np.ndarray]:
+    """(image as decoded by PIL, ``*_seg.png`` RGB) -> (image, uint16 train-id label), both shrunk alike.
+
+    Image: OpenCV ``INTER_LINEAR``; class-id map: ``INTER_NEAREST`` on int32; then ids -> train ids through
+    the 847-entry table, anything else (0 = unlabeled, the classes outside the 847) -> 65535.
+    """
+    import cv2
+
+    ids = decode_ade_full_seg(seg, source)
+    if image.shape[:2] != ids.shape:
+        raise UnexpectedRawValueError(f"{source}: image is {image.shape[1]}x{image.shape[0]} but its _seg.png is "
+                                      f"{ids.shape[1]}x{ids.shape[0]}")
+    size = ade847_resized_size(*ids.shape)
+    if size is not None:
+        h_new, w_new = size
+        image = cv2.resize(image, (w_new, h_new), interpolation=cv2.INTER_LINEAR)
+        ids = cv2.resize(ids, (w_new, h_new), interpolation=cv2.INTER_NEAREST)
+    return image, ade847_lut()[ids]
+
+
+def convert_pc459(label_map: np.ndarray, source: str = "<array>") -> np.ndarray:
+    """PASCAL Context 459 ``LabelMap`` (1-based) -> uint16 train ids 0..458; 0 (unlabeled) -> 65535.
+
+    The official script writes ``LabelMap - 1`` on the stored uint16 array, so 0 wraps to 65535.
+    Raises :class:`UnexpectedRawValueError` for values outside 0..459.
+    """
+    lab = np.asarray(label_map)
+    if lab.ndim != 2 or not (np.issubdtype(lab.dtype, np.integer) or np.issubdtype(lab.dtype, np.floating)):
+        raise UnexpectedRawValueError(f"{source}: LabelMap must be a 2-D integer map, got shape {lab.shape} "
+                                      f"dtype {lab.dtype}")
+    lab64 = lab.astype(np.int64)
+    if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab64, lab):
+        raise UnexpectedRawValueError(f"{source}: LabelMap holds non-integer values")
+    bad = np.unique(lab64[(lab64 < 0) | (lab64 > 459)])
+    if bad.size:
+        raise UnexpectedRawValueError(f"{source}: LabelMap values {bad[:20].tolist()} outside 0..459 "
+                                      "(PASCAL Context 459 ids are 1..459, 0 = unlabeled)")
+    out = lab64 - 1
+    out[out < 0] = UNLABELED_16BIT
+    return out.astype(np.uint16)
+
+
+def _save_tif16_atomic(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.tif")
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16)).save(tmp)  # mode I;16, as the official script
+    os.replace(tmp, path)
+
+
+def _save_jpeg_atomic(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.jpg")
+    Image.fromarray(arr).save(tmp)  # PIL's default JPEG quality (75), as the official script
+    os.replace(tmp, path)
+
+
+def _ade847_sources(src: Path, dst: Path) -> list[Path]:
+    """Validation images of ADE20K_2021_17_01: ``*.jpg`` whose name's second '_' field is 'val'."""
+    base = src / "images" if (src / "images").is_dir() else src
+    skip = {(dst / "images_detectron2").resolve()}
+    found = []
+    for dirpath, dirs, files in os.walk(base, followlinks=True):
+        dirs[:] = [d for d in dirs if (Path(dirpath) / d).resolve() not in skip]
+        for name in files:
+            parts = name.split("_")
+            if name.endswith(".jpg") and not name.startswith(".") and len(parts) > 1 and parts[1] == "val":
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.name)
+
+
+def prepare_ade847(src: Path, dst: Path, progress: bool = True) -> PrepareStats:
+    """ADE20K_2021_17_01 -> ``images_detectron2/validation`` (JPEG), ``annotations_detectron2/validation``
+    (uint16 TIFF) and ``validation.txt`` at ``dst`` (CAT-Seg ``prepare_ade20k_full.py``, validation only).
+
+    The validation images are found by walking ``src/images`` (the rule of the script's pickled index:
+    file name ``*_val_*.jpg``), each with its ``<stem>_seg.png``.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise PreparationError(f"--src {src} does not exist (expected the extracted ADE20K_2021_17_01 folder)")
+    images = _ade847_sources(src, dst)
+    if not images:
+        raise PreparationError(f"no validation images (ADE_val_*.jpg) under {src / 'images' if (src / 'images').is_dir() else src}; "
+                               "--src must be the extracted ADE20K_2021_17_01 folder")
+    names = [p.name for p in images]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise PreparationError(f"validation image names occur more than once under {src}: {dup}")
+    missing = [p.with_name(p.stem + "_seg.png") for p in images if not p.with_name(p.stem + "_seg.png").is_file()]
+    if missing:
+        raise PreparationError(f"{len(missing)} validation image(s) have no _seg.png next to them, e.g. {missing[0]}")
+    stats = PrepareStats()
+    img_out, ann_out = dst / "images_detectron2" / "validation", dst / "annotations_detectron2" / "validation"
+    for path in _progress(images, len(images), "ade847 validation", progress):
+        out_img, out_lab = img_out / path.name, ann_out / f"{path.stem}.tif"
+        if out_img.is_file() and out_lab.is_file():
+            stats.skipped += 1
+            continue
+        seg_path = path.with_name(path.stem + "_seg.png")
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("L", "RGB"):
+                    im = im.convert("RGB")
+                image = np.asarray(im)
+            with Image.open(seg_path) as im:
+                seg = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im)
+        except OSError as exc:
+            raise PreparationError(f"cannot read {path} or {seg_path}: {exc}") from exc
+        image, label = convert_ade847(image, seg, source=str(seg_path))
+        _save_jpeg_atomic(image, out_img)
+        _save_tif16_atomic(label, out_lab)
+        stats.written += 1
+    if _write_text_atomic("".join(f"{p.stem}\n" for p in images), dst / "validation.txt"):
+        stats.written += 1
+    _final_check(["ade847"], dst)
+    return stats
+
+
+def _read_labels_txt(path: Path) -> dict[int, str]:
+    """PASCAL Context ``labels.txt`` (``<id>: <name>`` lines) -> {id: name}; checks ids 1..459."""
+    table = {}
+    for line in path.read_text().splitlines():
+        if ":" in line:
+            idx, name = line.split(":", 1)
+            try:
+                table[int(idx.strip())] = name.strip()
+            except ValueError:
+                raise PreparationError(f"{path}: malformed line {line!r} (expected '<id>: <name>')") from None
+    if sorted(table) != list(range(1, 460)):
+        raise PreparationError(f"{path} lists {len(table)} ids; the PASCAL Context 459 labels.txt has ids 1..459")
+    return table
+
+
+def load_labelmap_mat(path: Path) -> np.ndarray:
+    """``LabelMap`` of a PASCAL Context ``trainval/<id>.mat`` (needs SciPy: ``pip install .[prepare]``)."""
+    try:
+        import scipy.io
+    except ImportError:
+        raise PreparationError("reading the PASCAL Context 459 .mat label maps needs SciPy: "
+                               "pip install scipy (or the package's 'prepare' extra)") from None
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as exc:
+        raise PreparationError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    if "LabelMap" not in mat:
+        raise PreparationError(f"{path} has no 'LabelMap' variable (keys: {sorted(k for k in mat if not k.startswith('__'))})")
+    return mat["LabelMap"]
+
+
+def prepare_context459(src: Path, dst: Path, link_mode: str = "symlink", progress: bool = True) -> PrepareStats:
+    """VOC2010 + ``trainval/*.mat`` (+ ``labels.txt``) -> ``annotations_detectron2/pc459_val/<id>.tif``
+    (``LabelMap - 1`` as uint16, 0 -> 65535) for the val ids, ``JPEGImages`` provided at ``dst`` and the split
+    ``ImageSets/SegmentationContext/val.txt`` (CAT-Seg ``prepare_pascal_context_459.py``).
+
+    Val ids: ``ImageSets/SegmentationContext/val.txt`` of the VOC2010 folder (the Context-60 preparation
+    writes it), else ``pascalcontext_val.txt`` (the file the CAT-Seg script reads).
+    """
+    src, dst = Path(src), Path(dst)
+    root = _find_dir(src, ["", "VOC2010", "VOCdevkit/VOC2010"], "JPEGImages", "the VOC2010 folder")
+    mat_dir = next((d for d in (root / "trainval", src / "trainval", src) if d.is_dir() and any(d.glob("*.mat"))), None)
+    if mat_dir is None:
+        raise PreparationError(f"cannot find the 459-label maps (trainval/*.mat) under {root} or {src}; extract "
+                               "trainval.tar.gz of PASCAL Context there")
+    for cand in (root / "labels.txt", src / "labels.txt", mat_dir / "labels.txt", mat_dir.parent / "labels.txt"):
+        if cand.is_file():
+            _read_labels_txt(cand)
+            break
+    else:
+        warnings.warn("labels.txt (PASCAL Context 459 names) not found next to trainval/: ids not cross-checked",
+                      ConversionWarning, stacklevel=2)
+    split_cands = [dst / "ImageSets/SegmentationContext/val.txt", root / "ImageSets/SegmentationContext/val.txt",
+                   root / "pascalcontext_val.txt", src / "pascalcontext_val.txt"]
+    split = next((c for c in split_cands if c.is_file()), None)
+    if split is None:
+        raise PreparationError("cannot find the validation id list; looked for:\n  " + "\n  ".join(map(str, split_cands)))
+    ids = [line.strip() for line in split.read_text().splitlines() if line.strip()]
+    missing = [i for i in ids if not (mat_dir / f"{i}.mat").is_file()]
+    if missing:
+        raise PreparationError(f"{len(missing)} of the {len(ids)} ids of {split} have no label map in {mat_dir}, "
+                               f"e.g. {mat_dir / (missing[0] + '.mat')}")
+    stats = PrepareStats()
+    if _link_or_copy(root / "JPEGImages", dst / "JPEGImages", link_mode) in ("symlink", "copy"):
+        stats.linked += 1
+    out_dir = dst / "annotations_detectron2" / "pc459_val"
+    for sid in _progress(ids, len(ids), "context459 val", progress):
+        out = out_dir / f"{sid}.tif"
+        if out.is_file():
+            stats.skipped += 1
+            continue
+        mat = mat_dir / f"{sid}.mat"
+        _save_tif16_atomic(convert_pc459(load_labelmap_mat(mat), source=str(mat)), out)
+        stats.written += 1
+    target = dst / "ImageSets/SegmentationContext/val.txt"
+    if split != target:
+        if target.is_file():
+            theirs = [x.strip() for x in target.read_text().splitlines() if x.strip()]
+            if sorted(theirs) != sorted(ids):
+                raise PreparationError(f"{target} exists with other ids than {split}; remove one of them")
+        elif _write_text_atomic("".join(f"{i}\n" for i in ids), target):
+            stats.written += 1
+    _final_check(["context459"], dst)
+    return stats
+
+
+# =====================================================================================
 # Downloads (URL + checksum, resumable via HTTP Range)
 # =====================================================================================
 
@@ -505,8 +762,17 @@ OFFICIAL_ARCHIVES: dict[str, list[Archive]] = {
     "ade20k": [Archive("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip")],
     # Cityscapes needs a login: https://www.cityscapes-dataset.com/downloads/ (packages 1 and 3).
     "cityscapes": [],
+    "ade847": [],  # registration required
+    "context459": [],  # VOC2010 (see "context") + trainval.tar.gz of PASCAL Context: download by hand
 }
 OFFICIAL_ARCHIVES["coco_object"] = OFFICIAL_ARCHIVES["coco_stuff"]
+
+MANUAL_DOWNLOADS = {
+    "ade847": "register at https://groups.csail.mit.edu/vision/datasets/ADE20K/, download ADE20K_2021_17_01.zip "
+              "and extract it; pass the ADE20K_2021_17_01 folder as --src",
+    "context459": "extract VOCtrainval_03-May-2010.tar and PASCAL Context's trainval.tar.gz (459-label .mat "
+                  "maps + labels.txt, https://cs.stanford.edu/~roozbeh/pascal-context/) into the VOC2010 folder",
+}
 
 
 def file_digest(path: Path, algo: str) -> str:
@@ -623,6 +889,8 @@ def fetch_official(dataset: str, src: Path, archives: Sequence[Archive] | None =
                    progress: bool = True) -> None:
     """Download (resumably) and extract the official archives of ``dataset`` into ``src``."""
     archives = OFFICIAL_ARCHIVES[dataset] if archives is None else archives
+    if not archives and dataset in MANUAL_DOWNLOADS:
+        raise PreparationError(f"{dataset} cannot be downloaded automatically; {MANUAL_DOWNLOADS[dataset]}")
     if not archives:
         raise PreparationError(f"{dataset} cannot be downloaded automatically (login required); download "
                                "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
@@ -640,7 +908,7 @@ def fetch_official(dataset: str, src: Path, archives: Sequence[Archive] | None =
 # CLI
 # =====================================================================================
 
-DATASETS = ("voc", "context", "coco_stuff", "coco_object", "cityscapes", "ade20k")
+DATASETS = ("voc", "context", "coco_stuff", "coco_object", "cityscapes", "ade20k", "ade847", "context459")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -671,6 +939,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.dataset in ("coco_stuff", "coco_object"):
             # Both label sets come from the same maps; converting both costs one extra PNG write.
             stats = prepare_coco(args.src, args.dst, link_mode=link_mode, progress=progress)
+        elif args.dataset == "ade847":
+            stats = prepare_ade847(args.src, args.dst, progress=progress)
+        elif args.dataset == "context459":
+            stats = prepare_context459(args.src, args.dst, link_mode=link_mode, progress=progress)
         else:
             stats = prepare_cityscapes(args.src, args.dst, link_mode=link_mode, progress=progress)
     except (PreparationError, FileNotFoundError, ValueError) as exc:

@@ -88,13 +88,41 @@ ADE20K_CLASSES = (
 
 PREPARE_SCRIPT = "python scripts/prepare_data.py"
 
+CLASSES_DIR = Path(__file__).resolve().parent / "classes"
+
+
+def _read_names(key: str) -> tuple[str, ...]:
+    """Class names of a large benchmark, one per line in ``classes/<key>.txt`` (kept verbatim)."""
+    return tuple((CLASSES_DIR / f"{key}.txt").read_text(encoding="utf-8").splitlines())
+
+
+#: ADE20K-Full (847 classes), spelled as the official ProxyCLIP ``ADE20K847Dataset.METAINFO``.
+ADE847_CLASSES = _read_names("ade847")
+#: PASCAL Context 459, spelled as the official ProxyCLIP ``PascalContext459Dataset.METAINFO``.
+CONTEXT459_CLASSES = _read_names("context459")
+#: The value the CAT-Seg/MaskFormer preparation writes for unlabeled pixels of ADE-847 / PC-459 (uint16).
+UNLABELED_16BIT = 65535
+
 
 @dataclass(frozen=True)
 class BenchmarkPreset:
     """Everything that defines one benchmark's test protocol.
 
     Label values seen by a model are ``lut[raw]`` where the LUT is identity or
-    reduce-zero-label (0 -> 255, v -> v-1, 255 -> 255); valid values are ``[0, C) ∪ {255}``.
+    reduce-zero-label (0 -> 255, v -> v-1, 255 -> 255); valid values are
+    ``[0, C) ∪ {ignore_index} ∪ extra_label_values``.
+
+    The last fields have defaults (the eight original benchmarks use them unchanged):
+
+    * ``ignore_index``: the metric's ignore value (pixels whose label equals it are not scored);
+    * ``label_bits``: 8 (labels read as uint8) or 16 (uint16 maps, e.g. the TIFFs of ADE-847 / PC-459);
+    * ``extra_label_values``: further on-disk values that are legitimate (65535 = unlabeled for the
+      16-bit benchmarks);
+    * ``mmseg_histc``: score with MMSegmentation ``IoUMetric``'s range arithmetic (labels outside
+      ``[0, C)`` that are not ``ignore_index`` leave the label histogram but their predictions still
+      count; ``ignore_index`` may then be a real class, which is dropped) -- the published protocol of
+      ADE-847 / PC-459. ``False``: such labels are an error.
+    * ``class_names_file``: where the class names came from (None: written in this module).
     """
 
     key: str
@@ -115,6 +143,12 @@ class BenchmarkPreset:
     has_ignore: bool  # whether 255 legitimately occurs in the transformed labels
     prepare_key: str  # sub-command of scripts/prepare_data.py
     download_hint: str
+    ignore_index: int = 255
+    label_bits: int = 8
+    extra_label_values: tuple[int, ...] = ()
+    mmseg_histc: bool = False
+    vocabulary_path: str | None = None  # None: vocab/<key>.txt of this package
+    vocabulary: tuple[tuple[str, ...], ...] | None = None  # custom datasets: synonyms per class, in label order
 
     @property
     def num_classes(self) -> int:
@@ -123,14 +157,23 @@ class BenchmarkPreset:
     @property
     def vocabulary_file(self) -> Path:
         """Query vocabulary (one class per line, synonyms separated by '; ')."""
+        if self.vocabulary_path is not None:
+            return Path(self.vocabulary_path)
         return VOCAB_DIR / f"{self.key}.txt"
 
     @property
-    def ignore_index(self) -> int:
-        return 255
+    def max_label_value(self) -> int:
+        """Largest value a label file may hold (255 for 8-bit presets, 65535 for 16-bit ones)."""
+        return (1 << self.label_bits) - 1
+
+    @property
+    def is_custom(self) -> bool:
+        return not self.prepare_key
 
     @property
     def prepare_command(self) -> str:
+        if self.is_custom:
+            return "(a user dataset: check data_root, img_dir, ann_dir, the suffixes and split_file)"
         return f"{PREPARE_SCRIPT} {self.prepare_key} --src <extracted download> --dst <data>/{self.sub_path}"
 
 
@@ -194,6 +237,33 @@ BENCHMARKS: dict[str, BenchmarkPreset] = {
         has_ignore=True, prepare_key="ade20k",
         download_hint="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
     ),
+    # ProxyCLIP configs/cfg_ade847.py, cfg_context459.py: Resize(scale=(2048, 448)), MyLoadAnnotations
+    # (uint16, reduce_zero_label=False), slide 336/112 (ProxyCLIPSegmentation defaults), IoUMetric default
+    # ignore_index=255. Layout of the CAT-Seg/MaskFormer preparation scripts.
+    "ade847": BenchmarkPreset(
+        key="ade847", class_names=ADE847_CLASSES, sub_path="ADE20K_2021_17_01",
+        img_dir="images_detectron2/validation", ann_dir="annotations_detectron2/validation",
+        img_suffix=".jpg", seg_suffix=".tif", split_file="validation.txt", reduce_zero_label=False,
+        expected_num_images=2000, short_side=448, crop_size=336, stride=112, prob_thd=0.0,
+        background=False, has_ignore=True, prepare_key="ade847",
+        download_hint="ADE20K_2021_17_01.zip (https://groups.csail.mit.edu/vision/datasets/ADE20K/, "
+        "registration required)",
+        ignore_index=255, label_bits=16, extra_label_values=(UNLABELED_16BIT,), mmseg_histc=True,
+    ),
+    "context459": BenchmarkPreset(
+        key="context459", class_names=CONTEXT459_CLASSES, sub_path="VOCdevkit/VOC2010",
+        img_dir="JPEGImages", ann_dir="annotations_detectron2/pc459_val", img_suffix=".jpg",
+        seg_suffix=".tif", split_file="ImageSets/SegmentationContext/val.txt", reduce_zero_label=False,
+        expected_num_images=5105, short_side=448, crop_size=336, stride=112, prob_thd=0.0,
+        background=False, has_ignore=True, prepare_key="context459",
+        download_hint="VOCtrainval_03-May-2010.tar + trainval.tar.gz (459-label .mat maps and labels.txt, "
+        "https://cs.stanford.edu/~roozbeh/pascal-context/)",
+        ignore_index=255, label_bits=16, extra_label_values=(UNLABELED_16BIT,), mmseg_histc=True,
+    ),
 }
 
-assert all(len(p.class_names) == n for p, n in zip(BENCHMARKS.values(), (21, 20, 60, 59, 81, 171, 19, 150)))
+#: The eight benchmarks of the ProxyCLIP paper's main table (``scripts/test.py --data all``).
+MAIN_BENCHMARKS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+
+assert all(len(BENCHMARKS[k].class_names) == n for k, n in zip(
+    MAIN_BENCHMARKS + ("ade847", "context459"), (21, 60, 81, 20, 59, 171, 19, 150, 847, 459)))

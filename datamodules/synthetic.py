@@ -26,6 +26,8 @@ ON_DISK_VALUES = {
     "context60": list(range(60)), "context59": list(range(60)),
     "coco_stuff": list(range(171)) + [255], "coco_object": list(range(81)),
     "cityscapes": list(range(19)) + [255], "ade20k": list(range(151)),
+    # 16-bit TIFF benchmarks: train ids 0..C-1 (255 is a real class) and 65535 = unlabeled.
+    "ade847": list(range(847)) + [65535], "context459": list(range(459)) + [65535],
 }
 
 
@@ -54,10 +56,27 @@ def random_image(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 def random_label(h: int, w: int, values: list[int], rng: np.random.Generator) -> np.ndarray:
     """Random map over ``values``; the first row starts with every value once (probe strip)."""
-    lab = rng.choice(np.asarray(values, dtype=np.uint8), size=(h, w))
+    dtype = np.uint8 if max(values) <= 255 else np.uint16
+    lab = rng.choice(np.asarray(values, dtype=dtype), size=(h, w))
     flat = lab.reshape(-1)
     n = min(len(values), flat.size)
-    flat[:n] = np.asarray(values[:n], dtype=np.uint8)
+    flat[:n] = np.asarray(values[:n], dtype=dtype)
+    return lab
+
+
+def save_label16(arr: np.ndarray, path: Path) -> None:
+    """uint16 (H, W) label map as written by the CAT-Seg preparation (``Image.fromarray(uint16)``: 'I;16')."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16)).save(path)
+
+
+def unlabeled_block(lab: np.ndarray, rng: np.random.Generator, value: int = 65535) -> np.ndarray:
+    """Mark a random rectangle (about a quarter of the image, below the probe row) as unlabeled."""
+    h, w = lab.shape
+    if h > 2:
+        y0 = int(rng.integers(1, max(2, h // 2)))
+        x0 = int(rng.integers(0, max(1, w // 2)))
+        lab[y0:y0 + h // 2, x0:x0 + w // 2] = value
     return lab
 
 
@@ -136,6 +155,20 @@ def make_fake_benchmark(key: str, root: Path, num_images: int, sizes=DEFAULT_SIZ
             h, w = size_of(i)
             save_image(random_image(h, w, rng), data_root / p.img_dir / f"{sid}.jpg")
             save_label(random_label(h, w, values, rng), data_root / p.ann_dir / f"{sid}.png")
+    elif key in ("ade847", "context459"):
+        if key == "ade847":
+            ids = [f"ADE_val_{i + 1:08d}" for i in range(num_images)]
+        else:
+            ids = [f"2008_{i:06d}" for i in range(num_images)]
+        order = list(rng.permutation(num_images)) if num_images > 2 else list(range(num_images))[::-1]
+        for i, sid in enumerate(ids):
+            h, w = size_of(i)
+            save_image(random_image(h, w, rng), data_root / p.img_dir / f"{sid}.jpg")
+            lab = unlabeled_block(random_label(h, w, values, rng), rng)
+            save_label16(lab, data_root / p.ann_dir / f"{sid}{p.seg_suffix}")
+        split = data_root / p.split_file
+        split.parent.mkdir(parents=True, exist_ok=True)
+        split.write_text("".join(f"{ids[j]}\n" for j in order))
     else:  # pragma: no cover
         raise KeyError(key)
     return data_root

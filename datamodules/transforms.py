@@ -40,16 +40,30 @@ def build_test_transform(short_side: int, long_cap: int = 2048) -> A.Compose:
     return A.Compose([ResizeShortSide(short_side, long_cap, p=1.0)])
 
 
-def label_lut(reduce_zero_label: bool) -> np.ndarray:
-    """256-entry uint8 LUT: identity, or reduce-zero-label (0->255, v->v-1, 255->255)."""
-    lut = np.arange(256, dtype=np.uint8)
+def label_lut(reduce_zero_label: bool, bits: int = 8) -> np.ndarray:
+    """LUT over all ``2**bits`` raw values: identity, or reduce-zero-label.
+
+    8 bits (uint8): 0 -> 255, v -> v-1, 255 -> 255 (mmseg ``LoadAnnotations``).
+    16 bits (uint16): mmseg's rule on uint16 as ProxyCLIP's ``MyLoadAnnotations`` applies it:
+    0 -> 255, v -> v-1, then every 254 -> 255 (so raw 255 -> 255 and raw 65535 -> 65534).
+    """
+    if bits == 8:
+        lut = np.arange(256, dtype=np.uint8)
+        if reduce_zero_label:
+            lut[0] = IGNORE_INDEX
+            lut[1:255] = np.arange(0, 254, dtype=np.uint8)
+            lut[255] = IGNORE_INDEX
+        return lut
+    if bits != 16:
+        raise ValueError(f"label bits must be 8 or 16, got {bits}")
+    lut = np.arange(65536, dtype=np.uint16)
     if reduce_zero_label:
         lut[0] = IGNORE_INDEX
-        lut[1:255] = np.arange(0, 254, dtype=np.uint8)
-        lut[255] = IGNORE_INDEX
+        lut[1:] = np.arange(0, 65535, dtype=np.uint16)
+        lut[lut == 254] = IGNORE_INDEX
     return lut
 
 
 def apply_label_transform(label: np.ndarray, reduce_zero_label: bool) -> np.ndarray:
-    """Apply the load-time label transform once, on uint8 (H, W)."""
-    return label_lut(reduce_zero_label)[label]
+    """Apply the load-time label transform once, on uint8 or uint16 (H, W)."""
+    return label_lut(reduce_zero_label, 16 if label.dtype == np.uint16 else 8)[label]

@@ -110,7 +110,20 @@ class SegmentationIoU(Metric):
         num_samples: ``N``, size of the evaluated split; enables the ``seen`` uniqueness /
             completeness check. When given, every :meth:`update` must pass ``index``.
         ignore_index: GT value whose pixels are excluded (default 255). Must lie outside
-            ``[0, C)``: ignoring a real class is a relabelling bug (spec §8.16).
+            ``[0, C)``: ignoring a real class is a relabelling bug (spec §8.16) -- except under
+            ``mmseg_histc``, which reproduces the published arithmetic that does exactly that.
+        mmseg_histc: reproduce MMSegmentation ``intersect_and_union`` for labels outside the class
+            range: its ``torch.histc(bins=C, min=0, max=C-1)`` drops GT values outside ``[0, C-1]``
+            from the label (and intersection) histogram, while the predictions at those pixels still
+            count in the prediction area (so they inflate the unions). ADE-847 / PC-459 store
+            unlabeled pixels as 65535 and are scored with ``ignore_index=255``: that is their
+            published protocol. ``ignore_index`` may then lie inside ``[0, C)`` (that class's
+            pixels are dropped entirely, as mmseg's mask does). Default ``False``: such labels raise.
+        confusion: also keep ``confusion`` (``[C, C]`` int64, rows = ground truth, columns =
+            prediction, the pixels counted in ``intersect`` / ``label_area``) and ``unlabeled_pred``
+            (``[C]``: predictions at scored pixels whose GT lies outside ``[0, C)``, non-zero only under
+            ``mmseg_histc``). Then ``intersect = diag``, ``label_area = rows``, ``pred_area = columns +
+            unlabeled_pred`` exactly.
         **kwargs: forwarded to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
 
     Input validation (decision, spec §5.2): MMSeg silently drops out-of-range values; we do
@@ -135,6 +148,8 @@ class SegmentationIoU(Metric):
         num_classes: int,
         num_samples: int | None = None,
         ignore_index: int = 255,
+        mmseg_histc: bool = False,
+        confusion: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -142,7 +157,7 @@ class SegmentationIoU(Metric):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
             raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
-        if 0 <= ignore_index < num_classes:
+        if 0 <= ignore_index < num_classes and not mmseg_histc:
             raise ValueError(
                 f"ignore_index={ignore_index} lies inside the class range [0, {num_classes}); "
                 "relabel ignored pixels to a value >= num_classes (e.g. 255) instead"
@@ -150,6 +165,8 @@ class SegmentationIoU(Metric):
         self.num_classes = num_classes
         self.num_samples = num_samples
         self.ignore_index = ignore_index
+        self.mmseg_histc = bool(mmseg_histc)
+        self.track_confusion = bool(confusion)
 
         zeros_c = torch.zeros(num_classes, dtype=torch.int64)
         self.add_state("intersect", default=zeros_c.clone(), dist_reduce_fx="sum")
@@ -158,6 +175,10 @@ class SegmentationIoU(Metric):
         self.add_state("num_images", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         if num_samples is not None:
             self.add_state("seen", default=torch.zeros(num_samples, dtype=torch.int64), dist_reduce_fx="sum")
+        if self.track_confusion:
+            self.add_state("confusion", default=torch.zeros(num_classes, num_classes, dtype=torch.int64),
+                           dist_reduce_fx="sum")
+            self.add_state("unlabeled_pred", default=zeros_c.clone(), dist_reduce_fx="sum")
 
     # ------------------------------------------------------------------ update
     def _check_inputs(self, pred: Tensor, target: Tensor) -> None:
@@ -222,6 +243,8 @@ class SegmentationIoU(Metric):
         # Range checks, combined so that only one host-device sync happens in the common case.
         bad_pred = (pred < 0) | (pred >= num_classes)
         bad_target = valid & ((target < 0) | (target >= num_classes))
+        if self.mmseg_histc:  # out-of-range GT is part of the protocol (dropped from the label histogram)
+            bad_target = torch.zeros_like(bad_target)
         if bool(bad_pred.any() | bad_target.any()):
             msgs = []
             if bool(bad_pred.any()):
@@ -242,9 +265,19 @@ class SegmentationIoU(Metric):
         t = target[valid].to(torch.int64)
         # Plain (unweighted) bincount: O(N) memory, deterministic, allowed under
         # torch.use_deterministic_algorithms -- unlike an N x C^2 one-hot mesh.
-        self.intersect += torch.bincount(t[p == t], minlength=num_classes)
+        # Predictions are always in [0, C): every scored pixel counts in pred_area (histc keeps it).
         self.pred_area += torch.bincount(p, minlength=num_classes)
+        if self.mmseg_histc:
+            in_range = (t >= 0) & (t < num_classes)
+            if not bool(in_range.all()):
+                if self.track_confusion:
+                    self.unlabeled_pred += torch.bincount(p[~in_range], minlength=num_classes)
+                p, t = p[in_range], t[in_range]
+        self.intersect += torch.bincount(t[p == t], minlength=num_classes)
         self.label_area += torch.bincount(t, minlength=num_classes)
+        if self.track_confusion:
+            self.confusion += torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(
+                num_classes, num_classes)
         self.num_images += 1 if batch is None else batch
         if idx is not None and self.num_samples is not None:
             # bincount (not index_add_/index_put_) so duplicates within one batch also count
@@ -297,7 +330,10 @@ class SegmentationIoU(Metric):
                 )
 
         raw = metrics_from_areas(self.intersect, self.pred_area, self.label_area)
-        return {
+        extra: dict[str, Any] = {}
+        if self.track_confusion:  # "confusion" [C, C] and "unlabeled_pred" [C], int64 CPU tensors
+            extra = {"confusion": self.confusion.detach().cpu(), "unlabeled_pred": self.unlabeled_pred.detach().cpu()}
+        return {**extra, 
             "mIoU": round(raw["mIoU"], 2),
             "mAcc": round(raw["mAcc"], 2),
             "aAcc": round(raw["aAcc"], 2),

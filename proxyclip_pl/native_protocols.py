@@ -300,7 +300,15 @@ PROXYCLIP_PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({
     "coco_stuff": _proxyclip(336, 336, 0.0),
     "cityscapes": _proxyclip(448, 224, 0.0),
     "ade20k": _proxyclip(448, 336, 0.0),
+    # Beyond the paper's main table: mc-lan/ProxyCLIP configs/cfg_ade847.py, cfg_context459.py
+    # (Resize (2048, 448), segmentor defaults slide 336 / 112, prob_thd 0).
+    "ade847": _proxyclip(448, 336, 0.0),
+    "context459": _proxyclip(448, 336, 0.0),
 })
+
+#: Datasets with a ProxyCLIP protocol but no native row for SCLIP / NACLIP / ClearCLIP (their repositories
+#: have no config for them): ``native`` falls back to ProxyCLIP's protocol there.
+EXTRA_DATASETS = ("ade847", "context459")
 
 #: Built-in methods (``scripts/test.py --method``). ``proxyclip``, ``maskclip`` and ``clip`` are this
 #: package's (the no-VFM baselines of the ProxyCLIP paper): their native protocol is ProxyCLIP's.
@@ -315,7 +323,7 @@ def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protoco
     Args:
         method: one of :data:`BUILTIN_METHODS` (any other name, e.g. a plug-in ``module:factory``, has no
             native table and gets ProxyCLIP's protocol).
-        dataset: one of :data:`DATASETS`.
+        dataset: one of :data:`DATASETS` or :data:`EXTRA_DATASETS` (no native rows: ProxyCLIP's protocol).
         protocol: ``native`` (:data:`NATIVE_PROTOCOLS` for SCLIP/NACLIP/ClearCLIP, ProxyCLIP's rows for this
             package's methods) or ``proxyclip`` (:data:`PROXYCLIP_PROTOCOLS` for every method).
     """
@@ -323,6 +331,6 @@ def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protoco
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOL_NAMES)}")
     if dataset not in PROXYCLIP_PROTOCOLS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    if protocol == "native" and method in NATIVE_PROTOCOLS:
+    if protocol == "native" and method in NATIVE_PROTOCOLS and dataset in NATIVE_PROTOCOLS[method]:
         return NATIVE_PROTOCOLS[method][dataset]
     return PROXYCLIP_PROTOCOLS[dataset]

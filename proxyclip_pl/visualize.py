@@ -15,9 +15,23 @@ def palette(num_colors: int = 256, seed: int = 0) -> np.ndarray:
     return colors
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """[H, W] integer labels -> [H, W, 3] uint8 colours."""
-    return palette(int(labels.max()) + 1 if labels.size else 1)[labels.astype(np.int64)]
+def colorize(labels: np.ndarray, num_classes: int | None = None, black: Sequence[int] = (255,)) -> np.ndarray:
+    """[H, W] integer labels (any non-negative range, e.g. uint16 with 847 classes) -> [H, W, 3] uint8 colours.
+
+    Values in ``black`` (default 255, the usual ignore value) and, when ``num_classes`` is given, every
+    value ``>= num_classes`` (e.g. 65535 = unlabeled) are black.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    top = int(labels.max()) + 1 if labels.size else 1
+    colors = palette(max(top, num_classes or 0)).copy()
+    if 255 not in black:  # 255 is a real class here (ADE-847, PC-459): give it a colour
+        colors[255] = (230, 160, 40)
+    for v in black:
+        if 0 <= v < len(colors):
+            colors[v] = 0
+    if num_classes is not None:
+        colors[num_classes:] = 0
+    return colors[labels]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
