@@ -100,24 +100,58 @@ def encode_text_embeddings(
     queries: Sequence[str],
     templates: Sequence[Callable[[str], str]] = TEMPLATES,
     batch_size: int | None = None,
+    truncate: bool = True,
 ) -> torch.Tensor:
     """Prompt-ensembled text embeddings.
 
     For each query: fill every template, encode, L2-normalise each embedding, average over templates
     and L2-normalise again.
 
+    The text tower of an open_clip ``CLIP`` is causal and reads each prompt's embedding at its EOT token,
+    so (``truncate=True``) prompts are sorted by their EOT position and each batch runs only up to its
+    longest EOT position instead of all 77 positions (:mod:`proxyclip_pl.text_encoder`); a batch then
+    holds up to ``batch_size * context_length`` tokens, the same activation memory as ``batch_size``
+    full-length prompts. The embeddings equal those of the full-length forward up to float summation
+    order (about 1e-7 per entry in fp32). Other text towers (``CustomTextCLIP``, Hugging Face, non-causal,
+    ``pool_type='last'``) and ``truncate=False`` run ``clip_model.encode_text`` on ``batch_size``
+    full-length prompts at a time, in prompt order.
+
     Args:
-        batch_size: prompts per forward; default 256 on GPU, 16 on CPU (where larger batches are no
-            faster and cost hundreds of MB of peak memory).
+        batch_size: full-length prompts per forward (see above for the truncated path); default 256 on
+            GPU, 16 on CPU (where larger batches are no faster and cost hundreds of MB of peak memory).
+        truncate: allow the truncated forward (``False``: always the full-length ``encode_text``).
     Returns:
         FloatTensor [Q, d], unit rows, on the CLIP model's device.
     """
+    from .text_encoder import (pooled_positions, token_budget_batches, truncated_encode_text,
+                               truncation_unsupported_reason)
+
     device = next(clip_model.parameters()).device
     batch_size = batch_size or (256 if device.type == "cuda" else 16)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts = [template(query) for query in queries for template in templates]
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[start:start + batch_size]).to(device)
-        chunks.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
-    per_prompt = torch.cat(chunks).view(len(queries), len(templates), -1)
+    if not prompts:
+        raise ValueError("no queries or no templates to encode")
+    tokens = tokenizer(prompts)  # [N, context_length] on the CPU; 8.4 MB for COCO-Stuff's 13,680 prompts
+    if truncate and tokens.ndim == 2 and truncation_unsupported_reason(clip_model) is None \
+            and tokens.shape[1] == clip_model.positional_embedding.shape[0]:
+        positions = pooled_positions(clip_model, tokens)
+        order = torch.argsort(positions, stable=True)
+        batches = token_budget_batches(positions[order] + 1, batch_size * tokens.shape[1], order)
+    else:
+        positions = None
+        batches = [torch.arange(s, min(s + batch_size, len(prompts))) for s in range(0, len(prompts), batch_size)]
+    per_prompt: torch.Tensor | None = None
+    for index in batches:
+        batch = tokens[index].to(device)
+        if positions is None:
+            features = clip_model.encode_text(batch)
+        else:
+            features = truncated_encode_text(clip_model, batch, positions[index])
+        features = F.normalize(features.float(), dim=-1)
+        if per_prompt is None:
+            per_prompt = features.new_empty(len(prompts), features.shape[-1])
+        per_prompt[index.to(device)] = features
+    per_prompt = per_prompt.view(len(queries), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
