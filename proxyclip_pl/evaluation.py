@@ -49,6 +49,8 @@ class SegmenterEvaluator(pl.LightningModule):
         show_dir: if set, write ``<id>.png`` panels image | prediction | ground truth there.
         results_file: if set, global rank 0 writes the dataset-level metrics there as JSON (atomically)
             at the end of the test epoch; read it with :func:`read_results`.
+        ignore_index, mmseg_histc: the metric's ignore value and range arithmetic (see
+            :class:`~proxyclip_pl.metrics.SegmentationIoU`); a preset's ``ignore_index`` / ``mmseg_histc``.
     """
 
     def __init__(
@@ -59,6 +61,10 @@ class SegmenterEvaluator(pl.LightningModule):
         prediction_dir: str | Path | None = None,
         show_dir: str | Path | None = None,
         results_file: str | Path | None = None,
+        ignore_index: int = 255,
+        mmseg_histc: bool = False,
+        confusion_file: str | Path | None = None,
+        per_image_file: str | Path | None = None,
     ) -> None:
         super().__init__()
         check_segmenter(model)
@@ -66,7 +72,13 @@ class SegmenterEvaluator(pl.LightningModule):
             raise ValueError(f"the vocabulary has {model.num_classes} classes but the benchmark has {len(class_names)}")
         self.model = model
         self.class_names = list(class_names)
-        self.metric = SegmentationIoU(len(class_names), num_samples=num_samples)
+        self.ignore_index = int(ignore_index)
+        self.mmseg_histc = bool(mmseg_histc)
+        self.metric = SegmentationIoU(len(class_names), num_samples=num_samples, ignore_index=self.ignore_index,
+                                      mmseg_histc=mmseg_histc, confusion=True)
+        self.confusion_file = Path(confusion_file) if confusion_file else None
+        self.per_image_file = Path(per_image_file) if per_image_file else None
+        self._per_image: list[dict[str, Any]] = []
         self.prediction_dir = Path(prediction_dir) if prediction_dir else None
         self.show_dir = Path(show_dir) if show_dir else None
         self.results_file = Path(results_file) if results_file else None
@@ -87,23 +99,50 @@ class SegmenterEvaluator(pl.LightningModule):
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         for sample in batch:
             pred = self.segment(sample)
-            self.metric.update(pred, sample["label"].to(pred.device), sample["index"])
+            target = sample["label"].to(pred.device)
+            self.metric.update(pred, target, sample["index"])
+            if self.per_image_file is not None:
+                self._per_image.append(self.image_row(pred, target, int(sample["index"]), str(sample["id"])))
             if self.prediction_dir is not None or self.show_dir is not None:
-                self._write_outputs(sample, pred.cpu().numpy().astype(np.uint8))
+                self._write_outputs(sample, pred.cpu().numpy())
+
+    def image_row(self, pred: torch.Tensor, target: torch.Tensor, index: int, sid: str) -> dict[str, Any]:
+        """One image's counts under the metric's own arithmetic: pixels scored (not ``ignore_index``),
+        pixel accuracy, mIoU over the classes present in the ground truth or predicted, GT classes."""
+        num_classes = len(self.class_names)
+        valid = target != self.ignore_index
+        p, t = pred[valid].long(), target[valid].long()
+        area_p = torch.bincount(p, minlength=num_classes)
+        in_range = (t >= 0) & (t < num_classes)
+        p, t = p[in_range], t[in_range]
+        inter = torch.bincount(t[p == t], minlength=num_classes).double()
+        area_l = torch.bincount(t, minlength=num_classes)
+        union = area_p.double() + area_l.double() - inter
+        present = union > 0
+        miou = (inter[present] / union[present]).mean().item() * 100 if bool(present.any()) else float("nan")
+        labelled = int(area_l.sum())
+        return {"index": index, "id": sid, "pixels": int(valid.sum()),
+                "pixel_acc": inter.sum().item() / labelled * 100 if labelled else float("nan"),
+                "miou": miou, "classes": " ".join(str(c) for c in torch.nonzero(area_l).flatten().tolist())}
 
     def _write_outputs(self, sample: dict[str, Any], pred: np.ndarray) -> None:
         from PIL import Image
 
         name = str(sample["id"]).replace("/", "_")
+        num_classes = len(self.class_names)
         if self.prediction_dir is not None:
-            Image.fromarray(pred, mode="L").save(self.prediction_dir / f"{name}.png")
+            # 8-bit 'L' PNG up to 256 classes, 16-bit ('I;16') PNG beyond (ADE-847, PC-459).
+            dtype = np.uint8 if num_classes <= 256 else np.uint16
+            Image.fromarray(np.ascontiguousarray(pred.astype(dtype))).save(self.prediction_dir / f"{name}.png")
         if self.show_dir is not None:
             from datamodules.io import read_image
 
             from .visualize import colorize, side_by_side
 
             image = read_image(sample["path"])
-            panel = side_by_side([image, colorize(pred), colorize(sample["label"].numpy())])
+            black = (self.ignore_index,) if not 0 <= self.ignore_index < num_classes else ()
+            panel = side_by_side([image, colorize(pred, num_classes, black),
+                                  colorize(sample["label"].numpy(), num_classes, black)])
             Image.fromarray(panel).save(self.show_dir / f"{name}.png")
 
     def on_test_epoch_start(self) -> None:
@@ -111,6 +150,7 @@ class SegmenterEvaluator(pl.LightningModule):
         # memory, so every worker would add into the same metric states and the all-reduce would count
         # each image twice. reset() gives each worker private copies.
         self.metric.reset()
+        self._per_image = []
         for folder in (self.prediction_dir, self.show_dir):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -119,6 +159,15 @@ class SegmenterEvaluator(pl.LightningModule):
         results = self.metric.compute()  # collective: every rank calls it exactly once
         self.metric.reset()
         results.pop("iou"), results.pop("acc")
+        confusion, unlabeled = results.pop("confusion"), results.pop("unlabeled_pred")
+        rows = self._gather_per_image() if self.per_image_file is not None else None
+        if self.trainer.is_global_zero:
+            if self.confusion_file is not None:
+                np.save(self.confusion_file, confusion.numpy().astype(np.int64))
+                if self.mmseg_histc:
+                    np.save(self.confusion_file.with_name("unlabeled_pred.npy"), unlabeled.numpy().astype(np.int64))
+            if rows is not None:
+                write_per_image_csv(self.per_image_file, rows)
         results["per_class_iou"] = dict(zip(self.class_names, results["per_class_iou"]))
         results["per_class_acc"] = dict(zip(self.class_names, results["per_class_acc"]))
         self.results = results
@@ -126,6 +175,34 @@ class SegmenterEvaluator(pl.LightningModule):
             write_json_atomic(self.results_file, results)
         for key in ("mIoU", "mAcc", "aAcc"):
             self.log(key, results[key], sync_dist=False, rank_zero_only=True)
+
+
+    def _gather_per_image(self) -> list[dict[str, Any]]:
+        """Every rank's per-image rows on every rank (a collective), in dataset order."""
+        import torch.distributed as dist
+
+        rows = list(self._per_image)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        return sorted(rows, key=lambda r: r["index"])
+
+
+def write_per_image_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """per_image.csv: id, pixels scored, pixel accuracy %, per-image mIoU %, GT class ids (space separated)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "pixels", "pixel_acc", "miou", "classes"])
+    fmt = lambda v: "nan" if v != v else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        writer.writerow([r["id"], r["pixels"], fmt(r["pixel_acc"]), fmt(r["miou"]), r["classes"]])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
 
 
 #: The former name (ProxyCLIP was the only method).

@@ -39,11 +39,15 @@ from proxyclip_pl.native_protocols import BUILTIN_METHODS, PROTOCOL_NAMES  # noq
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
 #: Table 1 column order.
 TABLE_ORDER = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
+#: Further benchmarks (``--data <key>``, not part of ``all``).
+EXTRA_BENCHMARKS = ["ade847", "context459"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help=f"benchmark key ({', '.join(TABLE_ORDER)}) or 'all'")
+    p.add_argument("--data", required=True,
+                   help=f"benchmark key ({', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}), 'all' (the first eight) or "
+                   "a dataset card path/to/dataset.json (any user dataset; see docs/datasets_extra.md)")
     p.add_argument("--data-root", default=None, help="dataset folder (one benchmark) or data folder (all)")
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "cuda", "auto"])
@@ -62,16 +66,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--protocol", default="native", choices=list(PROTOCOL_NAMES),
                    help="native: the method's own per-dataset setting; proxyclip: ProxyCLIP's (default: %(default)s)")
     p.add_argument("--pamr-steps", type=int, default=None, help="PAMR steps, overriding the protocol's (0: off)")
+    p.add_argument("--per-image", action="store_true",
+                   help="also write per_image.csv (id, pixels scored, pixel accuracy, per-image mIoU, GT classes)")
+    p.add_argument("--ignore-index", type=int, default=None,
+                   help="label value the metric ignores (default: the benchmark's, 255). ADE-847 / PC-459 are "
+                   "published with 255 (mmseg's default), which ignores class 255 and scores the predictions "
+                   "on their unlabeled (65535) pixels; --ignore-index 65535 gives the corrected score")
     add_model_arguments(p)
     return p.parse_args(argv)
 
 
-def resolve_protocol(args: argparse.Namespace, key: str):
+def is_card(key: str) -> bool:
+    """``--data path/to/dataset.json``: a user dataset described by a dataset card."""
+    return key.endswith(".json")
+
+
+def resolve_protocol(args: argparse.Namespace, key: str, preset=None):
     """The Protocol of ``--method`` on ``key`` under ``--protocol``, with ``--pamr-steps`` applied.
 
-    A plug-in factory may carry ``native_protocols`` (dataset key -> Protocol) for its native protocol."""
-    from proxyclip_pl.native_protocols import protocol_for
+    A plug-in factory may carry ``native_protocols`` (dataset key -> Protocol) for its native protocol.
+    A dataset card (``preset`` given) has one protocol for every method: its short side, windows and
+    ``prob_thd`` with ProxyCLIP's logit scale, no area filter and no PAMR."""
+    from proxyclip_pl.native_protocols import Protocol, protocol_for
 
+    if is_card(key):
+        protocol = Protocol(preset.short_side, 2048, preset.crop_size, preset.stride, 40.0, preset.prob_thd, None, 0)
+        if args.pamr_steps is not None:
+            protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
+        return protocol
     protocol = protocol_for(args.method, key, args.protocol)
     if args.protocol == "native" and args.method not in BUILTIN_METHODS:
         protocol = (getattr(load_plugin(args.method), "native_protocols", None) or {}).get(key, protocol)
@@ -197,11 +219,15 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
     from proxyclip_pl import load_vocabulary
     from proxyclip_pl.evaluation import ImagesPerSecondBar, SegmenterEvaluator, format_results_table, read_results
 
-    preset = BENCHMARKS[key]
-    protocol = resolve_protocol(args, key)
+    if is_card(key):
+        preset = build_datamodule(key, data_root=args.data_root).preset
+    else:
+        preset = BENCHMARKS[key]
+    protocol = resolve_protocol(args, key, preset)
     # the datamodule resizes with the protocol's short side and long-side cap
-    dm = build_datamodule(key, data_root=data_root_for(key, args), num_workers=args.num_workers,
-                          short_side=protocol.short_side, long_cap=protocol.long_side_cap)
+    dm = build_datamodule(key, data_root=args.data_root if is_card(key) else data_root_for(key, args),
+                          num_workers=args.num_workers, short_side=protocol.short_side,
+                          long_cap=protocol.long_side_cap)
     dm.setup("test")
     if args.limit is not None:
         dm.test_dataset = torch.utils.data.Subset(dm.test_dataset, range(min(args.limit, len(dm.test_dataset))))
@@ -214,14 +240,23 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
                          f"--num-nodes {args.num_nodes}); every process needs at least one image: use at most "
                          f"{num_samples} device(s){' or a larger --limit' if args.limit is not None else ''}")
 
-    model = build_model(args, load_vocabulary(preset.vocabulary_file), protocol)
+    if preset.vocabulary is not None:  # a user dataset: the card's classes and synonyms
+        from proxyclip_pl.vocabulary import validate_vocabulary
+
+        vocabulary = [list(names) for names in preset.vocabulary]
+        validate_vocabulary(vocabulary)
+    else:
+        vocabulary = load_vocabulary(preset.vocabulary_file)
+    model = build_model(args, vocabulary, protocol)
     metrics_file = out_dir / ".metrics.json"
     metrics_file.unlink(missing_ok=True)  # never read a previous run's numbers
+    ignore_index = preset.ignore_index if args.ignore_index is None else args.ignore_index
     module = SegmenterEvaluator(
         model, dm.class_names, num_samples,
         prediction_dir=out_dir / "predictions" if args.save_predictions else None,
         show_dir=Path(args.show_dir) / key if args.show_dir and args.data == "all" else args.show_dir,
-        results_file=metrics_file,
+        results_file=metrics_file, ignore_index=ignore_index, mmseg_histc=preset.mmseg_histc,
+        confusion_file=out_dir / "confusion.npy", per_image_file=out_dir / "per_image.csv" if args.per_image else None,
     )
     strategy = args.strategy
     if strategy == "auto" and args.devices * args.num_nodes > 1:
@@ -241,13 +276,16 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
     if results["num_images"] != num_samples:
         raise RuntimeError(f"evaluated {results['num_images']} images, expected {num_samples}")
     results = {
-        "dataset": key,
+        "dataset": preset.key,
+        **({"dataset_card": str(Path(key).resolve())} if is_card(key) else {}),
         "num_images": results["num_images"],
         "mIoU": results["mIoU"],
         "aAcc": results["aAcc"],
         "mAcc": results["mAcc"],
         "per_class_iou": results["per_class_iou"],
         "per_class_acc": results["per_class_acc"],
+        "ignore_index": ignore_index,
+        "metric_arithmetic": "mmseg_histc" if preset.mmseg_histc else "strict",
         "seconds": round(seconds, 2),
         "images_per_second": round(num_samples / seconds, 3),
         "data_root": str(dm.data_root),
@@ -264,8 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from datamodules import BENCHMARKS
 
     keys = TABLE_ORDER if args.data == "all" else [args.data]
-    if args.data != "all" and args.data not in BENCHMARKS:
-        raise ValueError(f"unknown --data {args.data!r}; expected one of {', '.join(TABLE_ORDER)} or 'all'")
+    if is_card(args.data):
+        if not Path(args.data).is_file():
+            raise FileNotFoundError(f"--data {args.data}: dataset card not found")
+    elif args.data != "all" and args.data not in BENCHMARKS:
+        raise ValueError(f"unknown --data {args.data!r}; expected one of "
+                         f"{', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)} or 'all'")
     if args.method not in BUILTIN_METHODS:
         load_plugin(args.method)  # fail on a bad module:factory before any process starts
     if args.pamr_steps is not None and args.pamr_steps < 0:
@@ -276,7 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show_dir:
         check_writable(Path(args.show_dir))
     for key in keys:
-        data_root_for(key, args)  # fail on a bad --data-root before any model is built
+        if is_card(key):  # fail on a bad card before any model is built
+            from datamodules import build_datamodule
+
+            build_datamodule(key, data_root=args.data_root)
+        else:
+            data_root_for(key, args)  # fail on a bad --data-root before any model is built
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
     all_results = {}
