@@ -47,6 +47,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         preset = preset if preset is not None else type(self).preset
         if preset is None:
             raise TypeError("SegmentationDataModule needs a BenchmarkPreset")
+        if preset.is_custom and data_root is None:
+            raise TypeError(f"the user dataset {preset.key!r} needs data_root")
         self.preset = preset
         self.data_root = Path(data_root) if data_root is not None else default_data_root(preset)
         self.batch_size = int(batch_size)
@@ -96,6 +98,8 @@ class SegmentationDataModule(pl.LightningDataModule):
                 raise _layout_error(p, root, f"{len(missing)} {kind} file(s) listed for the split are missing, "
                                     f"e.g.:\n    {shown}{more}")
         n, expected = len(samples), p.expected_num_images
+        if p.is_custom:
+            return self._verify_custom(samples)
         if n > expected:
             raise _layout_error(p, root, f"found {n} samples, more than the {expected} of the standard "
                                 f"{p.key} validation split; stray files change the sample set")
@@ -103,6 +107,18 @@ class SegmentationDataModule(pl.LightningDataModule):
             warnings.warn(f"[{p.key}] found {n} of the {expected} validation images under {root}; "
                           "results will not be comparable with published numbers.",
                           DatasetCountWarning, stacklevel=2)
+        return samples
+
+    def _verify_custom(self, samples):
+        """A user dataset: every label decoded, the first problems of each kind listed with file names."""
+        from .custom import check_samples
+
+        dataset = SegmentationTestDataset(self.preset, self.data_root, transform=lambda image: {"image": image},
+                                          samples=samples)
+        problems = check_samples(dataset)
+        if problems:
+            raise _layout_error(self.preset, self.data_root, f"{len(problems)} problem(s) found:\n    "
+                                + "\n    ".join(problems))
         return samples
 
     def setup(self, stage: str | None = None) -> None:
