@@ -132,7 +132,12 @@ class Segmenter(nn.Module):
             text_embeddings.dim() == 2 and text_embeddings.shape[0] == len(queries),
             f"text_embeddings must be [Q={len(queries)}, d], got {tuple(text_embeddings.shape)}",
         )
-        self.register_buffer("text_embeddings", F.normalize(text_embeddings.to(device).float(), dim=-1), persistent=False)
+        # Normalised in float64, then rounded: the unit rows are correctly rounded float32, so normalising them
+        # again (a model rebuilt from another's embeddings) returns the same values.
+        # (On the CPU: [Q, d] is small, and not every accelerator has float64.)
+        source = text_embeddings.detach() if text_embeddings.is_meta else text_embeddings.detach().cpu()
+        unit = F.normalize(source.double(), dim=-1).float().to(device)
+        self.register_buffer("text_embeddings", unit, persistent=False)
 
     # ------------------------------------------------------------------------------------ settings
     @property

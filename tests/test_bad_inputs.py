@@ -227,7 +227,7 @@ def test_read_rgba_png_drops_alpha_for_images_and_is_rejected_as_label(tmp_path)
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     assert np.array_equal(read_image(tmp_path / "rgba.png"), rgba[..., :3])
     with raises(DataFileError, f"label file {tmp_path / 'rgba.png'} has mode 'RGBA'; expected a single-channel "
-                               "index map ('P' or 'L'). Colour-rendered labels cannot be used."):
+                               "index map ('P', 'L', or 16-bit 'I;16' / 'I'). Colour-rendered labels cannot be used."):
         read_label(tmp_path / "rgba.png")
 
 
@@ -456,7 +456,7 @@ def test_vocabulary_same_synonym_in_two_classes_is_allowed(tmp_path):
 
 def test_shipped_vocabularies_load_and_one_repeats_a_synonym_across_classes():
     files = sorted(VOCAB_DIR.glob("*.txt"))
-    assert len(files) == 8
+    assert len(files) == 10  # the eight of Table 1, ADE-847 and PC-459
     vocabs = {f.stem: load_vocabulary(f) for f in files}
     # The official COCO-Object list has 'bed' as a background synonym and as class 61: cross-class
     # repeats must stay legal.
