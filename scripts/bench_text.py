@@ -1,17 +1,20 @@
 #!/usr/bin/env python
 r"""Time the prompt-ensembled text encoding: full-length ``encode_text`` against the truncated forward.
 
-Each path runs in a fresh subprocess (so that its peak RSS is its own): build the CLIP model, encode the
-vocabulary's 80 x Q prompts with :func:`proxyclip_pl.vocabulary.encode_text_embeddings` (``truncate=False``:
-every prompt runs all 77 token positions, the procedure before issue #11; ``truncate=True``: each batch
-stops at its longest EOT position, prompts sorted by length). Reported per path: wall and CPU seconds
-(``time.process_time``; use it when the machine is shared), peak RSS before and after the encoding
-(``ru_maxrss``), and the max |difference| of the two [Q, d] embedding matrices. Weights may be ``random``:
-the speed does not depend on them.
+Each path runs in a fresh subprocess (so that its peak RSS is its own): build the CLIP model and encode the
+vocabulary's 80 x Q prompts. Paths: ``legacy``, the encoding loop before issue #11, verbatim (all 77 token
+positions per prompt, per-batch tokenization, a list of per-batch outputs); ``full``,
+:func:`proxyclip_pl.vocabulary.encode_text_embeddings` with ``truncate=False`` (all 77 positions, same
+batches as ``legacy``, the new allocation pattern); ``truncated``, the default ``truncate=True`` (prompts
+sorted by EOT position, each batch stops at its longest one). Reported per path: wall and CPU seconds
+(``time.process_time``; use it when the machine is shared, with ``--threads 1``), peak RSS before and
+after the encoding (``ru_maxrss``), and against the first path the speedups and the max |difference| of
+the [Q, d] embeddings. Weights may be ``random``: the speed does not depend on them.
 
 Examples::
 
     python scripts/bench_text.py                                   # COCO-Stuff, ViT-B-16-quickgelu, random
+    python scripts/bench_text.py --paths legacy,full,truncated --queries 12 --threads 1
     python scripts/bench_text.py --queries 40 --threads 1 --json bench/text_coco_stuff_40.json
     python scripts/bench_text.py --vocabulary ade20k --device cuda
 """
@@ -34,7 +37,28 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 PROBE_MARKER = "BENCH_TEXT_PROBE "
-PATHS = {"full": False, "truncated": True}
+PATHS = {"legacy": None, "full": False, "truncated": True}
+
+
+def legacy_encode_text_embeddings(clip_model, tokenizer, queries, templates=None, batch_size=None):
+    """The encoding loop before issue #11, verbatim: tokenizes per batch and keeps a list of per-batch
+    outputs (the allocation pattern that grew glibc's heap by ~5 MB per batch); full-length prompts."""
+    import torch
+    import torch.nn.functional as F
+
+    from proxyclip_pl.vocabulary import TEMPLATES
+
+    templates = templates or TEMPLATES
+    device = next(clip_model.parameters()).device
+    batch_size = batch_size or (256 if device.type == "cuda" else 16)
+    prompts = [template(query) for query in queries for template in templates]
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            tokens = tokenizer(prompts[start:start + batch_size]).to(device)
+            chunks.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+    per_prompt = torch.cat(chunks).view(len(queries), len(templates), -1)
+    return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
 def max_rss_mib() -> float:
@@ -69,7 +93,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="encode_text_embeddings batch_size (default: its own)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--paths", default="full,truncated", help="comma-separated subset of: full, truncated")
+    p.add_argument("--paths", default="legacy,truncated",
+                   help="comma-separated, the first is the baseline: legacy (the loop before issue #11), full "
+                        "(encode_text_embeddings(truncate=False)), truncated (default: %(default)s)")
     p.add_argument("--json", default=None, help="write the report to this JSON file")
     p.add_argument("--_probe", dest="probe", default=None, choices=list(PATHS), help=argparse.SUPPRESS)
     p.add_argument("--_out", dest="out", default=None, help=argparse.SUPPRESS)
@@ -90,8 +116,11 @@ def probe(args: argparse.Namespace) -> None:
     model.to(args.device)
     rss_before = max_rss_mib()
     wall, cpu = time.perf_counter(), time.process_time()
-    embeddings = encode_text_embeddings(model, tokenizer, queries, batch_size=args.batch_size,
-                                        truncate=PATHS[args.probe])
+    if args.probe == "legacy":
+        embeddings = legacy_encode_text_embeddings(model, tokenizer, queries, batch_size=args.batch_size)
+    else:
+        embeddings = encode_text_embeddings(model, tokenizer, queries, batch_size=args.batch_size,
+                                            truncate=PATHS[args.probe])
     if embeddings.is_cuda:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -140,18 +169,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   "batch_size", "device", "threads")},
         "results": results,
     }
-    if len(paths) == 2:
-        full, trunc = results["full"], results["truncated"]
-        report["max_abs_difference"] = (embeddings["full"] - embeddings["truncated"]).abs().max().item()
-        report["speedup_wall"] = full["wall_s"] / trunc["wall_s"]
-        report["speedup_cpu"] = full["cpu_s"] / trunc["cpu_s"]
+    base = paths[0]
+    for path in paths[1:]:
+        report.setdefault("versus_" + base, {})[path] = {
+            "max_abs_difference": (embeddings[base] - embeddings[path]).abs().max().item(),
+            "speedup_wall": results[base]["wall_s"] / results[path]["wall_s"],
+            "speedup_cpu": results[base]["cpu_s"] / results[path]["cpu_s"],
+        }
     for path, r in results.items():
         print(f"{path:>9}: {r['num_prompts']} prompts, wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, peak RSS "
               f"{r['peak_rss_before_encoding_mib']:.0f} -> {r['peak_rss_mib']:.0f} MiB "
               f"(+{r['peak_rss_mib'] - r['peak_rss_before_encoding_mib']:.0f})")
-    if len(paths) == 2:
-        print(f"speedup: wall {report['speedup_wall']:.2f}x, cpu {report['speedup_cpu']:.2f}x; "
-              f"max |delta| {report['max_abs_difference']:.3g}")
+    for path, r in report.get("versus_" + base, {}).items():
+        print(f"{path} vs {base}: speedup wall {r['speedup_wall']:.2f}x, cpu {r['speedup_cpu']:.2f}x; "
+              f"max |delta| {r['max_abs_difference']:.3g}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
