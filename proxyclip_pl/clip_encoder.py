@@ -5,6 +5,8 @@ patches in row-major order (rows from the image height).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,11 +64,15 @@ def _run_blocks(transformer: nn.Module, blocks, x: torch.Tensor) -> torch.Tensor
     return x if batch_first else x.transpose(0, 1)
 
 
-def tokens_before_last_block(visual: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Patch-embed, add the (DINO-rule interpolated) positional embedding, ``ln_pre``, blocks 0..L-2.
+def tokens_before_last_block(
+    visual: nn.Module, x: torch.Tensor, pos_embed_rule: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch-embed, add the interpolated positional embedding, ``ln_pre``, blocks 0..L-2.
 
     Args:
         x: [B, 3, h, w] CLIP-normalised crops; h, w are floored to multiples of the patch size.
+        pos_embed_rule: ``(table [1 + s*s, D], gh, gw) -> [1 + gh*gw, D]``; default ProxyCLIP's DINO rule
+            (:func:`interpolate_pos_embed_dino`).
     Returns:
         tokens [B, 1 + gh*gw, D] entering the last block, and the grid (gh, gw) = (h // p, w // p).
     """
@@ -75,7 +81,7 @@ def tokens_before_last_block(visual: nn.Module, x: torch.Tensor) -> tuple[torch.
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1)
-    x = x + interpolate_pos_embed_dino(visual.positional_embedding, *grid).to(x.dtype)
+    x = x + (pos_embed_rule or interpolate_pos_embed_dino)(visual.positional_embedding, *grid).to(x.dtype)
     x = visual.ln_pre(visual.patch_dropout(x))
     blocks = visual.transformer.resblocks
     return _run_blocks(visual.transformer, blocks[:-1], x), grid

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip_encoder import _run_blocks
+from .clip_encoder import tokens_before_last_block
 
 
 def official_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -77,12 +77,4 @@ def official_tokens_before_last_block(visual: nn.Module, x: torch.Tensor) -> tup
     Returns:
         tokens [B, 1 + gh*gw, D] (batch-first, class token first, patches row-major) and (gh, gw).
     """
-    x = visual.conv1(x.to(visual.conv1.weight.dtype))
-    grid = (x.shape[-2], x.shape[-1])
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    x = x + official_pos_embed(visual.positional_embedding, *grid).to(x.dtype)
-    x = visual.ln_pre(visual.patch_dropout(x))
-    blocks = visual.transformer.resblocks
-    return _run_blocks(visual.transformer, blocks[:-1], x), grid
+    return tokens_before_last_block(visual, x, official_pos_embed)
