@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from PIL import Image
 
 from .presets import BenchmarkPreset

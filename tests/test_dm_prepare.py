@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from datamodules import DatasetCountWarning, apply_label_transform, build_datamodule, read_label
 from datamodules import prepare as prep
