@@ -333,7 +333,8 @@ class SegmentationIoU(Metric):
         extra: dict[str, Any] = {}
         if self.track_confusion:  # "confusion" [C, C] and "unlabeled_pred" [C], int64 CPU tensors
             extra = {"confusion": self.confusion.detach().cpu(), "unlabeled_pred": self.unlabeled_pred.detach().cpu()}
-        return {**extra, 
+        return {
+            **extra,
             "mIoU": round(raw["mIoU"], 2),
             "mAcc": round(raw["mAcc"], 2),
             "aAcc": round(raw["aAcc"], 2),
