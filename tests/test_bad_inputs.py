@@ -343,7 +343,8 @@ def test_predict_exif_array_is_not_rotated_but_read_image_is(model, tmp_path):
     assert model.predict(read_image(path)).shape == (40, 24)  # displayed orientation
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 2000, 3), (2000, 3, 3)])
+@pytest.mark.parametrize("shape", [(1, 1, 3), pytest.param((1, 2000, 3), marks=pytest.mark.slow),
+                                   pytest.param((2000, 3, 3), marks=pytest.mark.slow)])
 def test_predict_tiny_and_extreme_aspect_keep_their_size(model336, shape):
     # 1x1 -> 336x336, 1x2000 -> 1x2048, 2000x3 -> 2048x3 (mmcv rescale, long side capped at 2048);
     # the 1- and 3-pixel-thin windows are padded to 56 with the CLIP mean; labels come back at HxW.
@@ -395,7 +396,8 @@ def _segment_inputs(folder: Path) -> dict[str, Path]:
     return paths
 
 
-@pytest.mark.parametrize("name", ["16bit", "palette", "rgba", "cmyk", "exif6", "1x1", "1x2000", "2000x3", "uniform",
+@pytest.mark.parametrize("name", ["16bit", "palette", "rgba", "cmyk", "exif6", "1x1", pytest.param("1x2000", marks=pytest.mark.slow),
+                                  pytest.param("2000x3", marks=pytest.mark.slow), "uniform",
                                   "shared_uniform"])
 def test_segment_converts_image_files(tmp_path, model, model_flags, name):
     if name == "shared_uniform":
@@ -479,6 +481,7 @@ def test_build_datamodule_unknown_key():
         build_datamodule("nope")
 
 
+@pytest.mark.slow
 def test_test_script_unknown_data_key(cli_runs):
     code, stderr = finished(cli_runs["data_nope"])
     assert code == 2
@@ -486,12 +489,14 @@ def test_test_script_unknown_data_key(cli_runs):
                       "context59, coco_stuff, cityscapes, ade20k, ade847, context459 or 'all'\n")
 
 
+@pytest.mark.slow
 def test_test_script_unwritable_output_dir(cli_runs, workdir):
     code, stderr = finished(cli_runs["test_output_dir"])
     assert code == 2
     assert stderr == f"error: output dir {workdir / 'afile' / 'out'} is not writable: Not a directory\n"
 
 
+@pytest.mark.slow
 def test_segment_unwritable_output(cli_runs, workdir):
     code, stderr = finished(cli_runs["segment_out"])
     target = workdir / "afile" / "o.png"
@@ -516,6 +521,7 @@ def test_segment_bad_output_paths_fail_before_the_model_runs(tmp_path, workdir, 
         assert stderr.startswith(expected) and len(stderr.splitlines()) == 1, stderr
 
 
+@pytest.mark.slow
 def test_unknown_clip_name_through_the_cli(cli_runs):
     code, stderr = finished(cli_runs["clip_unknown"])
     assert code == 2
@@ -523,6 +529,7 @@ def test_unknown_clip_name_through_the_cli(cli_runs):
     assert "open_clip model-config .json" in stderr  # says what a valid value is
 
 
+@pytest.mark.slow
 def test_unknown_vfm_name_through_the_cli(cli_runs):
     code, stderr = finished(cli_runs["vfm_unknown"])
     assert code == 2 and "Traceback" not in stderr
@@ -531,6 +538,7 @@ def test_unknown_vfm_name_through_the_cli(cli_runs):
     assert "vit_base_patch8_224.dino" in lines[0]  # lists valid names
 
 
+@pytest.mark.slow
 def test_unknown_vfm_name_is_the_only_stderr_line(cli_runs):
     """The VFM name is checked before CLIP is built, so no CLIP loading output precedes the error."""
     _code, stderr = finished(cli_runs["vfm_unknown"])

@@ -139,6 +139,7 @@ def _windows(size, short_side, crop, stride):
     return (width, height), len(window_grid(height, width, crop, stride))
 
 
+@pytest.mark.slow
 def test_fp32_report(tmp_path, model_flags, capsys):
     out = tmp_path / "bench.json"
     argv = ["--image-size", "120x90", "--image-size", "90x120", "--runs", "2", "--warmup", "1",

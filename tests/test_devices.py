@@ -52,7 +52,7 @@ def check_public_paths(model) -> None:
     assert labels.shape == (90, 130) and labels.dtype == torch.long and labels.device.type == model.device.type
 
 
-@pytest.mark.parametrize("attention", ["proxy", "vfm", "maskclip"])
+@pytest.mark.parametrize("attention", [pytest.param("proxy", marks=pytest.mark.slow), "vfm", "maskclip"])
 def test_build_proxyclip_places_everything_on_the_device(flags, attention):
     kwargs = dict(flags, attention=attention, short_side=112, slide_crop=112, slide_stride=56)
     build_proxyclip(VOCAB, **kwargs)  # warms the text cache: it loads to the CPU, as on a GPU machine
@@ -75,6 +75,7 @@ def test_a_model_built_from_towers_on_a_device_keeps_its_buffers_there(flags):
     assert_all_on(model.to_empty(device="cpu"), torch.device("cpu"))  # everything it owns moves
 
 
+@pytest.mark.slow
 def test_segment_script_builds_on_the_requested_device(flags, monkeypatch, tmp_path):
     import proxyclip_pl
 
@@ -105,6 +106,7 @@ def test_segment_script_builds_on_the_requested_device(flags, monkeypatch, tmp_p
     check_public_paths(built["model"])
 
 
+@pytest.mark.slow
 def test_benchmark_script_builds_on_the_requested_device(flags):
     benchmark = load_script("benchmark")
     argv = ["--clip", flags["clip"], "--clip-weights", "random", "--vfm", flags["vfm"], "--vfm-weights", "random",

@@ -1,5 +1,6 @@
 """The eight benchmark datamodules on generated miniature datasets in the real layouts."""
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_preset_values(key):
     assert len([ln for ln in lines if ln.strip()]) == C
     assert f"scripts/prepare_data.py {p.prepare_key} " in p.prepare_command and p.sub_path in p.prepare_command
     assert p.prepare_key in ("voc", "context", "coco_stuff", "coco_object", "cityscapes", "ade20k")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.short_side = 1  # frozen
 
 

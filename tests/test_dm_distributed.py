@@ -57,6 +57,8 @@ class _Recorder(pl.LightningModule):
                        "world": self.trainer.world_size}, f)
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_two_process_ddp_sees_each_sample_once(tmp_path):
     n = 5  # odd: a padding sampler would duplicate sample 0 on rank 1
     root = make_fake_benchmark("voc21", tmp_path / "data", n, sizes=((24, 32), (20, 28)))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules import DatasetCountWarning, apply_label_transform, build_datamodule, read_label
+from datamodules import DatasetCountWarning, DatasetLayoutError, apply_label_transform, build_datamodule, read_label
 from datamodules import prepare as prep
 from datamodules.synthetic import random_image, save_image, save_label, voc_palette  # noqa: F401
 
@@ -308,10 +308,11 @@ def test_prepare_voc_and_ade_layout_checks(tmp_path):
 def test_prepare_voc_incomplete_layout_names_missing_file(tmp_path):
     src = _voc_src(tmp_path)
     (src / "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png").unlink()
-    with pytest.raises(Exception, match="2007_000033.png"):
+    with pytest.raises(DatasetLayoutError, match="2007_000033.png"):
         prep.prepare_voc(src, tmp_path / "dst", progress=False)
 
 
+@pytest.mark.slow
 def test_cli_runs_and_reports_errors(tmp_path):
     src = _voc_src(tmp_path)
     dst = tmp_path / "data/VOCdevkit/VOC2012"

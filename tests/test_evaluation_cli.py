@@ -14,6 +14,7 @@ from datamodules import build_datamodule
 from datamodules.synthetic import make_fake_benchmark
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
+pytestmark = pytest.mark.slow  # every test runs scripts/test.py in a subprocess
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 SIZES = ((60, 80), (50, 70), (90, 40))
@@ -52,6 +53,7 @@ def mmseg_reference(preds: list[np.ndarray], labels: list[np.ndarray], num_class
     return {"mIoU": np.nanmean(iou) * 100, "mAcc": np.nanmean(acc) * 100, "aAcc": inter.sum() / area_l.sum() * 100, "iou": iou}
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("key", ["voc21", "ade20k"])
 def test_one_and_two_devices_give_identical_results(setup, key):
     d, data, flags = setup
@@ -86,6 +88,7 @@ def test_one_and_two_devices_give_identical_results(setup, key):
             assert abs(reported - iou * 100) <= 0.005 + 1e-9
 
 
+@pytest.mark.ddp
 def test_ddp_and_ddp_spawn_give_identical_results(setup):
     """Results reach the caller through a file under both launchers; spawn must not double-count
     (CPU tensors pickled into workers share memory)."""

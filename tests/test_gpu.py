@@ -68,6 +68,8 @@ def test_half_precision_autocast_agrees_with_fp32(models, dtype):
     assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.9
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_equal_one_gpu(tmp_path, flags):
     make_fake_benchmark("voc21", tmp_path / "data", 6, sizes=((120, 160), (90, 200)))

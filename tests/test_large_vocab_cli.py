@@ -14,6 +14,7 @@ from datamodules import BENCHMARKS, build_datamodule
 from datamodules.synthetic import make_fake_benchmark
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
+pytestmark = pytest.mark.slow  # every test runs scripts/test.py in a subprocess
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 

@@ -351,6 +351,7 @@ def bench(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_builtin_method_records_method_and_protocol(bench):
     out = bench / "out_sclip"
     result = run_script(["--data", "voc21", "--data-root", str(bench / "data"), "--method", "sclip", "--limit", "2",
@@ -366,6 +367,8 @@ def test_builtin_method_records_method_and_protocol(bench):
     assert cfg["vfm"] is None and cfg["segmenter"] == "proxyclip_pl.methods.SCLIP"
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_plugin_method_from_the_docs_example_one_and_two_processes(bench):
     """docs/plugin_example.py, copied verbatim as mymod.py into a folder used as the working directory."""
     plugin_dir = bench / "plugin"

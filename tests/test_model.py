@@ -182,11 +182,14 @@ def test_batched_windows_equal_single_windows(model64):
 
 def test_slide_logits_independent_of_window_batch_size(model64):
     image = crops(1, 400, 620, seed=6, dtype=torch.float64)
-    model64.window_batch_size = 1
-    one = model64.slide_logits(image)
-    model64.window_batch_size = 7
-    many = model64.slide_logits(image)
-    model64.window_batch_size = 8
+    saved = model64.window_batch_size  # module-scoped model: restore it for the tests that follow
+    try:
+        model64.window_batch_size = 1
+        one = model64.slide_logits(image)
+        model64.window_batch_size = 7
+        many = model64.slide_logits(image)
+    finally:
+        model64.window_batch_size = saved
     assert (one - many).abs().max() < 1e-6
 
 

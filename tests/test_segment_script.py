@@ -85,6 +85,7 @@ def _run(args):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_errors_exit_nonzero_with_one_line(tmp_path, model_flags):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     good = tmp_path / "good.png"
