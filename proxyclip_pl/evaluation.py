@@ -51,6 +51,14 @@ class SegmenterEvaluator(pl.LightningModule):
             at the end of the test epoch; read it with :func:`read_results`.
         ignore_index, mmseg_histc: the metric's ignore value and range arithmetic (see
             :class:`~proxyclip_pl.metrics.SegmentationIoU`); a preset's ``ignore_index`` / ``mmseg_histc``.
+        record_dir, fingerprint: if set, every process durably records each image's metric increments there
+            (:mod:`proxyclip_pl.records`, header ``fingerprint``) so that a crashed run can be resumed.
+        prior, prior_rows: a resumed run's recorded metric state sums and per-image rows; global rank 0 adds them
+            once at the start of the test epoch (the other ranks start from zero, so the all-reduce counts them
+            exactly once).
+
+    Crash simulation (tests): with ``PROXYCLIP_CRASH_AFTER=K`` in the environment, a recording process dies with
+    ``os._exit(137)`` (no cleanup, like ``kill -9``) right after recording its K-th image.
     """
 
     def __init__(
@@ -65,6 +73,10 @@ class SegmenterEvaluator(pl.LightningModule):
         mmseg_histc: bool = False,
         confusion_file: str | Path | None = None,
         per_image_file: str | Path | None = None,
+        record_dir: str | Path | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        prior: dict[str, torch.Tensor] | None = None,
+        prior_rows: Sequence[dict[str, Any]] = (),
     ) -> None:
         super().__init__()
         check_segmenter(model)
@@ -82,6 +94,14 @@ class SegmenterEvaluator(pl.LightningModule):
         self.prediction_dir = Path(prediction_dir) if prediction_dir else None
         self.show_dir = Path(show_dir) if show_dir else None
         self.results_file = Path(results_file) if results_file else None
+        self._writer = None
+        if record_dir is not None:
+            from .records import RecordWriter
+
+            self._writer = RecordWriter(record_dir, fingerprint or {})
+        self.prior = prior
+        self.prior_rows = list(prior_rows)
+        self._recorded = 0
         #: The metrics in this process (global rank 0 of an in-process run); launchers that run the
         #: workers elsewhere (``ddp_spawn``) leave it ``None`` here: use ``results_file``.
         self.results: dict[str, Any] | None = None
@@ -100,11 +120,39 @@ class SegmenterEvaluator(pl.LightningModule):
         for sample in batch:
             pred = self.segment(sample)
             target = sample["label"].to(pred.device)
+            before = self._metric_states() if self._writer is not None else None
             self.metric.update(pred, target, sample["index"])
+            row = None
             if self.per_image_file is not None:
-                self._per_image.append(self.image_row(pred, target, int(sample["index"]), str(sample["id"])))
+                row = self.image_row(pred, target, int(sample["index"]), str(sample["id"]))
+                self._per_image.append(row)
+            if before is not None:
+                self._record(sample, before, row)
             if self.prediction_dir is not None or self.show_dir is not None:
                 self._write_outputs(sample, pred.cpu().numpy())
+
+    def _metric_states(self) -> dict[str, torch.Tensor]:
+        """Copies of every (int64, sum-reduced) metric state."""
+        return {name: getattr(self.metric, name).clone() for name in self.metric._defaults}
+
+    def _record(self, sample: dict[str, Any], before: dict[str, torch.Tensor], row: dict[str, Any] | None) -> None:
+        """Durably record what this image added to each metric state (and its per-image row)."""
+        from .records import sparse
+
+        states = {name: sparse(getattr(self.metric, name) - old) for name, old in before.items()}
+        self._writer.append(int(sample["index"]), str(sample["id"]), states, row)
+        self._recorded += 1
+        crash_after = os.environ.get("PROXYCLIP_CRASH_AFTER")
+        if crash_after and self._recorded >= int(crash_after):
+            os._exit(137)  # simulated kill -9 (tests only)
+
+    def add_prior(self) -> None:
+        """Add a resumed run's recorded sums (and per-image rows) to this process's metric."""
+        if self.prior is not None:
+            for name, value in self.prior.items():
+                state = getattr(self.metric, name)
+                state += value.to(state.device)
+        self._per_image.extend(self.prior_rows)
 
     def image_row(self, pred: torch.Tensor, target: torch.Tensor, index: int, sid: str) -> dict[str, Any]:
         """One image's counts under the metric's own arithmetic: pixels scored (not ``ignore_index``),
@@ -151,17 +199,27 @@ class SegmenterEvaluator(pl.LightningModule):
         # each image twice. reset() gives each worker private copies.
         self.metric.reset()
         self._per_image = []
+        if self.trainer.is_global_zero:
+            self.add_prior()
         for folder in (self.prediction_dir, self.show_dir):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
 
     def on_test_epoch_end(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        results = self.publish(self.trainer.is_global_zero)
+        for key in ("mIoU", "mAcc", "aAcc"):
+            self.log(key, results[key], sync_dist=False, rank_zero_only=True)
+
+    def publish(self, is_global_zero: bool) -> dict[str, Any]:
+        """Compute the metric (a collective under DDP) and write the outputs from global rank 0."""
         results = self.metric.compute()  # collective: every rank calls it exactly once
         self.metric.reset()
         results.pop("iou"), results.pop("acc")
         confusion, unlabeled = results.pop("confusion"), results.pop("unlabeled_pred")
         rows = self._gather_per_image() if self.per_image_file is not None else None
-        if self.trainer.is_global_zero:
+        if is_global_zero:
             if self.confusion_file is not None:
                 np.save(self.confusion_file, confusion.numpy().astype(np.int64))
                 if self.mmseg_histc:
@@ -171,10 +229,9 @@ class SegmenterEvaluator(pl.LightningModule):
         results["per_class_iou"] = dict(zip(self.class_names, results["per_class_iou"]))
         results["per_class_acc"] = dict(zip(self.class_names, results["per_class_acc"]))
         self.results = results
-        if self.results_file is not None and self.trainer.is_global_zero:
+        if self.results_file is not None and is_global_zero:
             write_json_atomic(self.results_file, results)
-        for key in ("mIoU", "mAcc", "aAcc"):
-            self.log(key, results[key], sync_dist=False, rank_zero_only=True)
+        return results
 
 
     def _gather_per_image(self) -> list[dict[str, Any]]:
@@ -182,7 +239,7 @@ class SegmenterEvaluator(pl.LightningModule):
         import torch.distributed as dist
 
         rows = list(self._per_image)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.is_available() and self._trainer is not None and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]

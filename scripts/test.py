@@ -72,8 +72,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="label value the metric ignores (default: the benchmark's, 255). ADE-847 / PC-459 are "
                    "published with 255 (mmseg's default), which ignores class 255 and scores the predictions "
                    "on their unlabeled (65535) pixels; --ignore-index 65535 gives the corrected score")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run recorded in --output-dir (records/): recorded images are not evaluated again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a previous run in --output-dir (results.json, records/) and start afresh")
     add_model_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    return args
 
 
 def is_card(key: str) -> bool:
@@ -210,6 +217,62 @@ def configuration(args: argparse.Namespace, key: str, model, protocol, world_siz
     }
 
 
+def fingerprint(args: argparse.Namespace, key: str, model, protocol, dataset, data_root, ignore_index: int,
+                mmseg_histc: bool, class_names: Sequence[str]) -> dict[str, Any]:
+    """What a resumed run must share with the recorded one: ``configuration()`` without the process count (records
+    are keyed by image, so the device count may change), plus the dataset (its image ids) and the metric settings."""
+    import hashlib
+
+    config = configuration(args, key, model, protocol, 1)
+    for name in ("world_size", "num_nodes"):
+        config.pop(name)
+    ids = dataset_ids(dataset)
+    return {**config, "dataset": key if not is_card(key) else str(Path(key).resolve()), "data_root": str(data_root),
+            "num_images": len(ids), "image_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "ignore_index": ignore_index, "mmseg_histc": bool(mmseg_histc),
+            "class_names_sha256": hashlib.sha256("\n".join(class_names).encode()).hexdigest()}
+
+
+def dataset_ids(dataset) -> list[str]:
+    """Image ids of a test dataset or of a ``Subset`` of one, in dataset order."""
+    import torch
+
+    if isinstance(dataset, torch.utils.data.Subset):
+        base = dataset_ids(dataset.dataset)
+        return [base[i] for i in dataset.indices]
+    return [str(i) for i in dataset.ids]
+
+
+def previous_run(out_dir: Path) -> list[str]:
+    """What in ``out_dir`` belongs to a previous run (results.json, record files)."""
+    from proxyclip_pl.records import RECORDS_DIR
+
+    found = ["results.json"] if (out_dir / "results.json").exists() else []
+    records = out_dir / RECORDS_DIR
+    if records.is_dir() and any(records.iterdir()):
+        found.append(f"{RECORDS_DIR}/")
+    return found
+
+
+def prepare_output_dir(out_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse to mix with a previous run unless --resume; --overwrite removes it. Only the launching process acts:
+    the processes Lightning starts for the other ranks re-run this script and must neither refuse nor delete."""
+    import shutil
+
+    from proxyclip_pl.records import RECORDS_DIR
+
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return
+    found = previous_run(out_dir)
+    if not found or args.resume:
+        return
+    if not args.overwrite:
+        raise ValueError(f"output dir {out_dir} holds a previous run ({', '.join(found)}); "
+                         "pass --resume to continue it or --overwrite to start afresh")
+    (out_dir / "results.json").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / RECORDS_DIR, ignore_errors=True)
+
+
 def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path) -> dict[str, Any] | None:
     """Evaluate one benchmark; returns the results on global rank 0 (None elsewhere)."""
     import lightning.pytorch as pl
@@ -232,13 +295,6 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
     if args.limit is not None:
         dm.test_dataset = torch.utils.data.Subset(dm.test_dataset, range(min(args.limit, len(dm.test_dataset))))
     num_samples = len(dm.test_dataset)
-    ranks = args.devices * args.num_nodes
-    if ranks > num_samples:
-        # A rank without images never reaches the collective metric reduction (Lightning skips its
-        # loop), so the others would wait for it until the timeout: refuse before any process starts.
-        raise ValueError(f"{key}: {num_samples} image(s) for {ranks} processes (--devices {args.devices} x "
-                         f"--num-nodes {args.num_nodes}); every process needs at least one image: use at most "
-                         f"{num_samples} device(s){' or a larger --limit' if args.limit is not None else ''}")
 
     if preset.vocabulary is not None:  # a user dataset: the card's classes and synonyms
         from proxyclip_pl.vocabulary import validate_vocabulary
@@ -251,12 +307,46 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
     metrics_file = out_dir / ".metrics.json"
     metrics_file.unlink(missing_ok=True)  # never read a previous run's numbers
     ignore_index = preset.ignore_index if args.ignore_index is None else args.ignore_index
+
+    from proxyclip_pl.records import RECORDS_DIR, check_fingerprint, read_records, sum_states
+
+    fp = fingerprint(args, key, model, protocol, dm.test_dataset, dm.data_root, ignore_index, preset.mmseg_histc,
+                     dm.class_names)
+    recorded: dict[int, dict[str, Any]] = {}
+    if args.resume:
+        headers, recorded, dropped = read_records(out_dir / RECORDS_DIR)
+        check_fingerprint(headers, fp)
+        recorded = {i: r for i, r in recorded.items() if 0 <= i < num_samples}
+        if dropped and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"resume: ignored {dropped} torn or corrupt record line(s)", file=sys.stderr)
+    remaining = [i for i in range(num_samples) if i not in recorded]
+    ranks = args.devices * args.num_nodes
+    if remaining and ranks > len(remaining):
+        # A rank without images never reaches the collective metric reduction (Lightning skips its
+        # loop), so the others would wait for it until the timeout: refuse before any process starts.
+        what = f"{len(remaining)} image(s) left to evaluate" if recorded else f"{num_samples} image(s)"
+        raise ValueError(f"{key}: {what} for {ranks} processes (--devices {args.devices} x "
+                         f"--num-nodes {args.num_nodes}); every process needs at least one image: use at most "
+                         f"{len(remaining)} device(s){' or a larger --limit' if args.limit is not None and not recorded else ''}")
+    prior, prior_rows = None, []
+    if recorded:
+        from proxyclip_pl.metrics import SegmentationIoU
+
+        like = SegmentationIoU(len(dm.class_names), num_samples=num_samples, ignore_index=ignore_index,
+                               mmseg_histc=preset.mmseg_histc, confusion=True)
+        prior = sum_states(recorded.values(), {name: getattr(like, name) for name in like._defaults})
+        prior_rows = [recorded[i]["row"] for i in sorted(recorded) if recorded[i].get("row") is not None]
+        if args.per_image and len(prior_rows) != len(recorded):
+            raise ValueError("cannot resume with --per-image: the recorded run did not keep per-image rows")
+        if len(remaining) < num_samples:
+            dm.test_dataset = torch.utils.data.Subset(dm.test_dataset, remaining)
     module = SegmenterEvaluator(
         model, dm.class_names, num_samples,
         prediction_dir=out_dir / "predictions" if args.save_predictions else None,
         show_dir=Path(args.show_dir) / key if args.show_dir and args.data == "all" else args.show_dir,
         results_file=metrics_file, ignore_index=ignore_index, mmseg_histc=preset.mmseg_histc,
         confusion_file=out_dir / "confusion.npy", per_image_file=out_dir / "per_image.csv" if args.per_image else None,
+        record_dir=out_dir / RECORDS_DIR, fingerprint=fp, prior=prior, prior_rows=prior_rows,
     )
     strategy = args.strategy
     if strategy == "auto" and args.devices * args.num_nodes > 1:
@@ -267,7 +357,15 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
         callbacks=[ImagesPerSecondBar()], inference_mode=True,
     )
     start = time.perf_counter()
-    trainer.test(module, datamodule=dm, verbose=False)
+    if remaining:
+        trainer.test(module, datamodule=dm, verbose=False)
+    else:  # every image is recorded: the results are the records' sums
+        if not trainer.is_global_zero:
+            return None
+        module.metric.reset()
+        module.add_prior()
+        module.metric._update_count = 1  # the states hold the records' sums (no update() in this process)
+        module.publish(True)
     seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
         return None
@@ -287,7 +385,8 @@ def evaluate(key: str, args: argparse.Namespace, accelerator: str, out_dir: Path
         "ignore_index": ignore_index,
         "metric_arithmetic": "mmseg_histc" if preset.mmseg_histc else "strict",
         "seconds": round(seconds, 2),
-        "images_per_second": round(num_samples / seconds, 3),
+        "images_per_second": round(len(remaining) / seconds, 3),
+        **({"resumed_images": len(recorded)} if recorded else {}),
         "data_root": str(dm.data_root),
         "config": configuration(args, key, model, protocol, trainer.world_size),
     }
@@ -326,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_root_for(key, args)  # fail on a bad --data-root before any model is built
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
+    for key in keys:  # refuse (or clear) every previous run before evaluating anything
+        prepare_output_dir(out_root / key if args.data == "all" else out_root, args)
     all_results = {}
     for key in keys:
         out_dir = out_root / key if args.data == "all" else out_root
