@@ -21,6 +21,8 @@ from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl.records import RECORDS_DIR, read_records
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 SIZES = ((60, 80), (50, 70), (90, 40))
@@ -71,6 +73,7 @@ def crash(setup, name: str, after: int) -> Path:
     return out
 
 
+@pytest.mark.ddp
 def test_crash_with_one_process_resume_with_two(setup):
     d, flags, ref = setup
     out = crash(setup, "crash_1_then_2", 2)
