@@ -19,7 +19,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-
 from torch import nn
 
 from .metrics import SegmentationIoU
@@ -45,10 +44,15 @@ class SegmenterEvaluator(pl.LightningModule):
             benchmark's protocol.
         class_names: the benchmark's class names in label order (C entries).
         num_samples: dataset length; every index in [0, num_samples) must be evaluated exactly once.
-        prediction_dir: if set, write ``<id>.png`` uint8 label maps (evaluation label space) there.
+        prediction_dir: if set, write ``<id>.png`` label maps (evaluation label space) there: 8-bit, or
+            16-bit when the benchmark has more than 256 classes.
         show_dir: if set, write ``<id>.png`` panels image | prediction | ground truth there.
         results_file: if set, global rank 0 writes the dataset-level metrics there as JSON (atomically)
             at the end of the test epoch; read it with :func:`read_results`.
+        confusion_file: if set, global rank 0 writes the dataset-level ``[C, C]`` int64 confusion matrix
+            there (``.npy``; rows = ground truth).
+        per_image_file: if set, per-image rows gathered from all ranks are written there as CSV, in
+            dataset order.
         ignore_index, mmseg_histc: the metric's ignore value and range arithmetic (see
             :class:`~proxyclip_pl.metrics.SegmentationIoU`); a preset's ``ignore_index`` / ``mmseg_histc``.
         record_dir, fingerprint: if set, every process durably records each image's metric increments there
