@@ -16,26 +16,19 @@ from torch import nn
 
 from datamodules.io import array_to_rgb_uint8 as to_rgb_uint8  # noqa: F401  (gray/RGBA/16-bit inputs)
 
-from .clip_encoder import (  # noqa: F401  (CLIP_MEAN, CLIP_STD re-exported)
-    CLIP_MEAN,
-    CLIP_STD,
+from .clip_encoder import (
     last_block_values,
     maskclip_embeddings,
     project_tokens,
     vanilla_embeddings,
 )
 from .proxy_attention import proxy_attention
-from .segmenter import Segmenter
+from .segmenter import Segmenter, _require
 from .vfm import VFM_KINDS, check_vfm, vfm_features, vfm_raw_attention
 
 #: ``proxy``: ProxyCLIP; ``vfm``: the VFM's own last-layer attention in place of the proxy attention;
 #: ``maskclip`` / ``clip``: the no-VFM baselines (value path / the unchanged last block, CLIP grid).
 ATTENTIONS = ("proxy", "vfm", "maskclip", "clip")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 class _ProxyCLIPGeometry(Segmenter):
@@ -113,8 +106,7 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         _require(attention in ATTENTIONS, f"unknown attention {attention!r}; expected one of {', '.join(ATTENTIONS)}")
         _require(beta > 0, f"beta must be positive, got {beta}")
         _require(gamma > 0, f"gamma must be positive, got {gamma}")
-        _require(logit_scale > 0, f"logit_scale must be positive, got {logit_scale}")
-        _require(0.0 <= prob_thd <= 1.0, f"prob_thd must lie in [0, 1], got {prob_thd}")
+        # The core checks the other settings; it also allows slide_crop = 0 (whole image), ProxyCLIP does not.
         _require(slide_crop > 0, f"slide_crop must be positive, got {slide_crop}")
         if attention in ("proxy", "vfm"):
             _require(vfm_model is not None, f"attention={attention!r} needs a vfm_model")
