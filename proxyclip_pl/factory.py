@@ -20,14 +20,19 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .model import ProxyCLIP
+    from .native_protocols import Protocol
+    from .segmenter import Segmenter
 
 RANDOM = "random"
 PRETRAINED = "pretrained"
@@ -111,7 +116,8 @@ def vfm_kind_of(model: nn.Module) -> str:
       DINOv2 models *without* registers (hub ``dinov2_vitb14``: ``interpolate_offset=0.1``, no antialias).
 
     ``dynamic_img_size`` is not consulted: it is a timm runtime option (size rule + antialias) that a user
-    may switch on for any ViT, not the rule the weights were released with (method.md §2.2).
+    may switch on for any ViT, not the rule the weights were released with (docs/method_notes.md,
+    'VFM features').
     """
     from timm.models.vision_transformer_sam import VisionTransformerSAM
 
@@ -511,7 +517,7 @@ def build_proxyclip(
     text_cache_dir: str | Path | None | bool = None,
     keep_text_tower: bool = False,
     **proxyclip_kwargs: Any,
-):
+) -> "ProxyCLIP":
     """Build :class:`~proxyclip_pl.ProxyCLIP` from names (``vfm=None`` for the no-VFM baselines).
 
     Args:
@@ -519,45 +525,60 @@ def build_proxyclip(
             ``False`` disables the cache.
         keep_text_tower: the text tower is only needed for the text embeddings; it is freed after they
             are computed (ViT-B/16: 252 MB) unless this is set.
+        proxyclip_kwargs: constructor keywords of :class:`~proxyclip_pl.ProxyCLIP` (``beta``, ``slide_crop``, ...).
+    Returns:
+        the model on ``device``.
     """
-    from .model import ProxyCLIP
-
-    if vfm is not None:
-        check_vfm_name(vfm)  # a wrong VFM name fails before minutes of CLIP loading and text encoding
-    clip_model, tokenizer = _clip_with_text_embeddings(
-        proxyclip_kwargs, vocabulary, clip, clip_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower
-    )
-    vfm_model, kind = (None, "dino") if vfm is None else build_vfm(vfm, vfm_weights, seed=seed)
-    if vfm_model is not None:
-        vfm_model.to(device)
-    proxyclip_kwargs.setdefault("vfm_kind", kind)
-    model = ProxyCLIP(clip_model, vfm_model, vocabulary, tokenizer=tokenizer, **proxyclip_kwargs)
-    return model.to(device)
+    towers = Towers(clip, clip_weights, vfm, vfm_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower)
+    return _build_on_shared_towers("proxyclip", {0: (vocabulary, dict(proxyclip_kwargs))}, towers)[0]
 
 
-def _clip_with_text_embeddings(
-    kwargs: dict[str, Any],
-    vocabulary: Sequence[Sequence[str]],
-    clip: str,
-    clip_weights: str | None,
-    seed: int,
-    device: str | torch.device,
-    cache_dir: str | None,
-    text_cache_dir: str | Path | None | bool,
-    keep_text_tower: bool,
-) -> tuple[nn.Module, Callable[[list[str]], torch.Tensor]]:
-    """Build CLIP on ``device`` and set ``kwargs["text_embeddings"]`` (cached) unless given; the text
-    tower is then freed unless ``keep_text_tower``."""
-    clip_model, tokenizer = build_clip(clip, clip_weights, seed=seed, cache_dir=cache_dir)
-    clip_model.to(device)
-    if "text_embeddings" not in kwargs:
-        kwargs["text_embeddings"] = text_embeddings_for(
-            clip_model, tokenizer, vocabulary, clip, clip_weights, seed, text_cache_dir
-        )
-    if not keep_text_tower:
+@dataclass(frozen=True)
+class Towers:
+    """Where the towers of a build come from (see :func:`build_segmenter` for the fields)."""
+
+    clip: str = DEFAULT_CLIP
+    clip_weights: str | None = None
+    vfm: str | None = DEFAULT_VFM
+    vfm_weights: str = PRETRAINED
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    cache_dir: str | None = None
+    text_cache_dir: str | Path | None | bool = None
+    keep_text_tower: bool = False
+
+
+def _build_on_shared_towers(method: str, jobs: Mapping[Hashable, tuple[Sequence[Sequence[str]], dict[str, Any]]],
+                            towers: Towers) -> dict[Hashable, nn.Module]:
+    """One ``method`` segmenter per job ``(vocabulary, constructor keywords)``, all on ONE CLIP (and, for
+    ProxyCLIP, one VFM): the towers are built once, every vocabulary's text embeddings are computed (cached)
+    before the text tower is freed, and the segmenters share the tower modules."""
+    classes = segmenter_classes()
+    t = towers
+    if method == "proxyclip" and t.vfm is not None:
+        check_vfm_name(t.vfm)  # a wrong VFM name fails before minutes of CLIP loading and text encoding
+    clip_model, tokenizer = build_clip(t.clip, t.clip_weights, seed=t.seed, cache_dir=t.cache_dir)
+    clip_model.to(t.device)
+    for vocabulary, kwargs in jobs.values():
+        if "text_embeddings" not in kwargs:
+            kwargs["text_embeddings"] = text_embeddings_for(
+                clip_model, tokenizer, vocabulary, t.clip, t.clip_weights, t.seed, t.text_cache_dir
+            )
+    if not t.keep_text_tower:
         # Before any VFM is built, so that its weights reuse the freed memory (lower peak RSS).
         release_text_tower(clip_model)
-    return clip_model, tokenizer
+    vision: tuple[nn.Module | None, ...] = (clip_model,)
+    if method == "proxyclip":
+        vfm_model, kind = (None, "dino") if t.vfm is None else build_vfm(t.vfm, t.vfm_weights, seed=t.seed)
+        if vfm_model is not None:
+            vfm_model.to(t.device)
+        vision = (clip_model, vfm_model)
+    built = {}
+    for key, (vocabulary, kwargs) in jobs.items():
+        if method == "proxyclip":
+            kwargs.setdefault("vfm_kind", kind)
+        built[key] = classes[method](*vision, vocabulary, tokenizer=tokenizer, **kwargs).to(t.device)
+    return built
 
 
 def text_embeddings_for(
@@ -596,7 +617,7 @@ def segmenter_classes() -> dict[str, type]:
 def build_segmenter(
     method: str,
     vocabulary: Sequence[Sequence[str]],
-    protocol,
+    protocol: "Protocol",
     clip: str = DEFAULT_CLIP,
     clip_weights: str | None = None,
     vfm: str | None = DEFAULT_VFM,
@@ -608,7 +629,7 @@ def build_segmenter(
     keep_text_tower: bool = False,
     window_batch_size: int | None = None,
     **method_kwargs: Any,
-):
+) -> "Segmenter":
     """Build a built-in method's segmenter under an inference protocol.
 
     Args:
@@ -623,24 +644,52 @@ def build_segmenter(
     Returns:
         the segmenter on ``device``.
     """
+    return build_segmenters(
+        method, {0: (vocabulary, protocol)}, clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+        seed=seed, device=device, cache_dir=cache_dir, text_cache_dir=text_cache_dir, keep_text_tower=keep_text_tower,
+        window_batch_size=window_batch_size, **method_kwargs,
+    )[0]
+
+
+def build_segmenters(
+    method: str,
+    jobs: Mapping[Hashable, tuple[Sequence[Sequence[str]], "Protocol"]],
+    clip: str = DEFAULT_CLIP,
+    clip_weights: str | None = None,
+    vfm: str | None = DEFAULT_VFM,
+    vfm_weights: str = PRETRAINED,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+    text_cache_dir: str | Path | None | bool = None,
+    keep_text_tower: bool = False,
+    window_batch_size: int | None = None,
+    **method_kwargs: Any,
+) -> dict[Hashable, "Segmenter"]:
+    """Several segmenters of one method (e.g. one per benchmark) on towers built ONCE.
+
+    Args:
+        jobs: key -> (vocabulary, protocol); the other arguments as :func:`build_segmenter`.
+    Returns:
+        key -> segmenter on ``device``. All share the same CLIP (and VFM) modules, so segmenters whose windows
+        agree share their encoder (:func:`~proxyclip_pl.segmenter.shares_encoder`) and can be evaluated in one
+        pass (:func:`~proxyclip_pl.segmenter.shared_slide_logits`).
+    """
     from .native_protocols import Protocol
     from .segmenter import protocol_kwargs
 
-    classes = segmenter_classes()
-    if method not in classes:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(classes)} (or module:factory "
-                         "in scripts/test.py)")
-    if not isinstance(protocol, Protocol):
-        raise TypeError(f"protocol must be a Protocol, got {type(protocol).__name__}")
-    kwargs = {**protocol_kwargs(protocol), "window_batch_size": window_batch_size, **method_kwargs}
-    if method == "proxyclip":
-        return build_proxyclip(vocabulary, clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                               seed=seed, device=device, cache_dir=cache_dir, text_cache_dir=text_cache_dir,
-                               keep_text_tower=keep_text_tower, **kwargs)
-    clip_model, tokenizer = _clip_with_text_embeddings(
-        kwargs, vocabulary, clip, clip_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower
-    )
-    return classes[method](clip_model, vocabulary, tokenizer=tokenizer, **kwargs).to(device)
+    if method not in segmenter_classes():
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(segmenter_classes())} (or "
+                         "module:factory in scripts/test.py)")
+    for _vocabulary, protocol in jobs.values():
+        if not isinstance(protocol, Protocol):
+            raise TypeError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+    constructor_jobs = {
+        key: (vocabulary, {**protocol_kwargs(protocol), "window_batch_size": window_batch_size, **method_kwargs})
+        for key, (vocabulary, protocol) in jobs.items()
+    }
+    towers = Towers(clip, clip_weights, vfm, vfm_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower)
+    return _build_on_shared_towers(method, constructor_jobs, towers)
 
 
 def release_text_tower(clip_model: nn.Module) -> None:

@@ -38,6 +38,11 @@ from .vfm import normalize
 from .vocabulary import encode_text_embeddings, flatten_vocabulary
 
 
+def _comparable(value: object) -> object:
+    """A tensor as (dtype, shape, values), so that ``==`` on signatures is a plain bool; anything else unchanged."""
+    return (value.dtype, tuple(value.shape), value.tolist()) if isinstance(value, torch.Tensor) else value
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -118,6 +123,8 @@ class Segmenter(nn.Module):
         self.area_thd = None if area_thd is None else float(area_thd)
         self.pamr_steps = int(pamr_steps)
         self.window_batch_size = None if window_batch_size is None else int(window_batch_size)
+        #: windows encoded by this segmenter's towers so far (a shared pass counts them on its first segmenter).
+        self.windows_encoded = 0
         # Buffers start on the parameters' device (a model may be built from towers already on a GPU);
         # afterwards they move with every ``.to()``.
         device = next(self.clip.parameters()).device
@@ -184,17 +191,46 @@ class Segmenter(nn.Module):
 
     # ----------------------------------------------------------------------------------- windows
     @torch.no_grad()
+    def match(self, embeddings: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Window embeddings -> raw cosine logits against this segmenter's text embeddings.
+
+        Args:
+            embeddings: [B, N, d] from :meth:`dense_embeddings` (not normalised), N = H*W.
+            grid: the feature grid (H, W).
+        Returns:
+            [B, Q, H, W] in [-1, 1] (the text embeddings' dtype, float32 by default).
+        """
+        with autocast_off(embeddings.device):
+            embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
+            logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
+            return logits.reshape(embeddings.shape[0], -1, *grid)
+
+    @torch.no_grad()
     def grid_logits(self, crops: torch.Tensor) -> torch.Tensor:
         """Raw cosine logits [B, Q, H, W] of a batch of windows on the feature grid (crops as in
         :meth:`dense_embeddings`; float32 by default, the text embeddings' dtype)."""
         if crops.dim() != 4 or crops.shape[1] != 3:
             raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
-        crops = crops.to(self.device)
-        embeddings, grid = self.dense_embeddings(crops)
-        with autocast_off(crops.device):
-            embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
-            logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
-            return logits.reshape(crops.shape[0], -1, *grid)
+        return self.match(*self.dense_embeddings(crops.to(self.device)))
+
+    def encoder_signature(self) -> dict[str, object]:
+        """Everything :meth:`slide_logits` reads before the text embeddings: the class, the towers (by
+        identity), the window geometry and every other setting, i.e. all attributes except the vocabulary,
+        the text side and the post-processing. Two segmenters with equal signatures produce the same window
+        embeddings, so one encoder pass serves both (:func:`shared_slide_logits`)."""
+        skip = {"training", "windows_encoded", "vocabulary", "queries", "logit_scale", "prob_thd", "area_thd", "pamr_steps",
+                "short_side", "long_side_cap"}
+        signature: dict[str, object] = {"class": type(self), "pad_multiple": self.pad_multiple, "mean": self.mean,
+                                        "std": self.std, "window_batch_size": self.effective_window_batch_size}
+        for name, value in vars(self).items():
+            if name not in skip and not name.startswith("_"):
+                signature[name] = _comparable(value)
+        for name, module in self._modules.items():
+            signature[f"module:{name}"] = id(module)
+        for name, buffer in self._buffers.items():
+            if name not in ("text_embeddings", "query_to_class") and buffer is not None:
+                signature[f"buffer:{name}"] = _comparable(buffer)
+        return signature
 
     @torch.no_grad()
     def crop_logits(self, crops: torch.Tensor) -> torch.Tensor:
@@ -225,19 +261,7 @@ class Segmenter(nn.Module):
         Returns:
             [1, Q, H, W] float32.
         """
-        crop, stride = self.slide_crop, self.slide_stride
-        if crop == 0:
-            crop = stride = max(image.shape[-2:])
-        return sliding_window_logits(
-            image.to(self.device),
-            self.grid_logits,
-            num_queries=len(self.queries),
-            crop=crop,
-            stride=stride,
-            window_batch_size=self.effective_window_batch_size,
-            pad_value=self.mean,
-            pad_multiple=self.pad_multiple,
-        )
+        return shared_slide_logits([self], image)[0]
 
     # ------------------------------------------------------------------------------------ images
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -304,6 +328,50 @@ class Segmenter(nn.Module):
         """
         rgb = to_rgb_uint8(image)
         return self.segment_resized(self.preprocess(rgb), rgb.shape[:2])
+
+
+def shares_encoder(a: nn.Module, b: nn.Module) -> bool:
+    """Whether one encoder pass over a window serves both segmenters (equal :meth:`Segmenter.encoder_signature`)."""
+    if not (isinstance(a, Segmenter) and isinstance(b, Segmenter)):
+        return False
+    return a.encoder_signature() == b.encoder_signature()
+
+
+@torch.no_grad()
+def shared_slide_logits(segmenters: Sequence[Segmenter], image: torch.Tensor) -> list[torch.Tensor]:
+    """Sliding-window logits of one image for several segmenters from ONE encoder pass per window.
+
+    Each window is encoded once (:meth:`Segmenter.dense_embeddings` of the first segmenter) and matched
+    against every segmenter's own text embeddings; every later step is elementwise or per query, so each
+    segmenter's logits are exactly those of its own :meth:`Segmenter.slide_logits`.
+
+    Args:
+        segmenters: segmenters that share their encoder (:func:`shares_encoder`; checked).
+        image: [1, 3, H, W] RGB in [0, 1], already resized to the test scale.
+    Returns:
+        one [1, Q_i, H, W] float32 tensor per segmenter (raw averaged cosine logits).
+    """
+    lead = segmenters[0]
+    for other in segmenters[1:]:
+        _require(shares_encoder(lead, other), f"{type(other).__name__} does not share the encoder of the first "
+                 "segmenter (different towers or encoder settings): evaluate them in separate passes")
+
+    def window_logits(crops: torch.Tensor) -> torch.Tensor:
+        if crops.dim() != 4 or crops.shape[1] != 3:
+            raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
+        embeddings, grid = lead.dense_embeddings(crops.to(lead.device))
+        lead.windows_encoded += crops.shape[0]
+        return torch.cat([s.match(embeddings, grid) for s in segmenters], dim=1)
+
+    crop, stride = lead.slide_crop, lead.slide_stride
+    if crop == 0:
+        crop = stride = max(image.shape[-2:])
+    sizes = [len(s.queries) for s in segmenters]
+    logits = sliding_window_logits(
+        image.to(lead.device), window_logits, num_queries=sum(sizes), crop=crop, stride=stride,
+        window_batch_size=lead.effective_window_batch_size, pad_value=lead.mean, pad_multiple=lead.pad_multiple,
+    )
+    return list(logits.split(sizes, dim=1))
 
 
 def protocol_kwargs(protocol: Protocol) -> dict:

@@ -26,6 +26,7 @@ from PIL import Image
 from datamodules import DataFileError, MissingFileError, build_datamodule, read_image, read_label
 from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl import ProxyCLIP, build_proxyclip
+from proxyclip_pl.commands import evaluate as test_script
 from proxyclip_pl.cli import run_cli
 from proxyclip_pl.vocabulary import flatten_vocabulary, load_vocabulary
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
@@ -39,12 +40,12 @@ def _load_script(name: str):
     """scripts/<name>.py as a module (``import test`` could find the standard library's package)."""
     spec = importlib.util.spec_from_file_location(f"bad_inputs_{name}_script", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
     return module
 
 
 segment = _load_script("segment")
-test_script = _load_script("test")
 
 EXIF_ORIENTATION = 0x0112
 #: A small test scale: short side 56, and 224-pixel windows without overlap, so that a 24x40 image is one

@@ -320,15 +320,9 @@ def test_evaluator_accepts_any_segmenter_and_keeps_its_old_name():
 # --------------------------------------------------------------------------------------------------------
 
 
-def load_test_script():
-    spec = importlib.util.spec_from_file_location("script_test_methods", ROOT / "scripts" / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_resolves_protocols():
-    script = load_test_script()
+    from proxyclip_pl.commands import evaluate as script
+
     args = script.parse_args(["--data", "voc21", "--method", "naclip"])
     assert script.resolve_protocol(args, "voc21") == NATIVE_PROTOCOLS["naclip"]["voc21"]
     args = script.parse_args(["--data", "voc21", "--method", "naclip", "--protocol", "proxyclip", "--pamr-steps", "4"])

@@ -1,0 +1,553 @@
+"""Evaluate ProxyCLIP, a baseline or your own method on the OVSS benchmarks, on any number of devices.
+
+    python scripts/test.py --data cityscapes --devices 4
+    python scripts/test.py --data all --data-root /datasets --output-dir outputs/b16_dinob8
+    python scripts/test.py --data all --method naclip                      # NACLIP, its own protocol
+    python scripts/test.py --data all --method sclip --protocol proxyclip  # SCLIP under ProxyCLIP's protocol
+    python scripts/test.py --data voc21 --method mymodule:factory          # your method (docs/plugin_example.py)
+
+``--method``: proxyclip (default), maskclip, clip, sclip, naclip, clearclip, or ``module:factory``: ``factory``
+of ``module`` (importable from the current directory or installed) is called as
+``factory(vocabulary=<list of synonym lists>, protocol=<Protocol>)`` and returns the segmenter.
+``--protocol``: ``native`` (the method's own per-dataset setting; ProxyCLIP's for proxyclip/maskclip/clip and
+plug-ins) or ``proxyclip`` (ProxyCLIP's setting for any method: the paper's Table 1 re-runs). The datamodule's
+resize, the segmenter and results.json all read the same Protocol.
+
+``--data-root``: the folder holding a benchmark's layout (e.g. .../VOCdevkit/VOC2012), or the data folder
+holding the standard sub-paths (required form for ``all``). Default: $PROXYCLIP_DATA, else data/.
+Metrics are dataset-level sums (MMSegmentation's IoU metric) and do not depend on the number of devices.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run_cli
+from proxyclip_pl.native_protocols import BUILTIN_METHODS, DATASETS, EXTRA_DATASETS, PROTOCOL_NAMES
+
+#: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
+#: Table 1 column order (``--data all``).
+TABLE_ORDER = list(DATASETS)
+#: Further benchmarks (``--data <key>``, not part of ``all``).
+EXTRA_BENCHMARKS = list(EXTRA_DATASETS)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True,
+                   help=f"benchmark key ({', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}), 'all' (the first eight), "
+                   "a dataset card path/to/dataset.json (any user dataset; see docs/datasets_extra.md), or a "
+                   "comma-separated list of them (e.g. voc21,voc20). Benchmarks on the same images share one encoder "
+                   "pass; several benchmarks write to OUTPUT_DIR/<key>/")
+    p.add_argument("--data-root", default=None, help="dataset folder (one benchmark) or data folder (all)")
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "cuda", "auto"])
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--strategy", default="auto",
+                   help=f"one of {', '.join(STRATEGIES)}; 'auto' is 'ddp' (one process per device) for several devices")
+    p.add_argument("--precision", default="32", choices=["32", "32-true", "16-mixed", "bf16-mixed"])
+    p.add_argument("--output-dir", default="outputs", help="results.json (and predictions) go here")
+    p.add_argument("--save-predictions", action="store_true", help="write DIR/predictions/<id>.png label maps")
+    p.add_argument("--show-dir", default=None, help="write image | prediction | ground-truth panels here")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--text-cache-dir", default=None, help="text-embedding cache (default: ~/.cache/proxyclip_pl)")
+    p.add_argument("--method", default="proxyclip",
+                   help=f"{', '.join(BUILTIN_METHODS)} or module:factory (default: %(default)s)")
+    p.add_argument("--protocol", default="native", choices=list(PROTOCOL_NAMES),
+                   help="native: the method's own per-dataset setting; proxyclip: ProxyCLIP's (default: %(default)s)")
+    p.add_argument("--pamr-steps", type=int, default=None, help="PAMR steps, overriding the protocol's (0: off)")
+    p.add_argument("--per-image", action="store_true",
+                   help="also write per_image.csv (id, pixels scored, pixel accuracy, per-image mIoU, GT classes)")
+    p.add_argument("--ignore-index", type=int, default=None,
+                   help="label value the metric ignores (default: the benchmark's, 255). ADE-847 / PC-459 are "
+                   "published with 255 (mmseg's default), which ignores class 255 and scores the predictions "
+                   "on their unlabeled (65535) pixels; --ignore-index 65535 gives the corrected score")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run recorded in --output-dir (records/): recorded images are not evaluated again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a previous run in --output-dir (results.json, records/) and start afresh")
+    add_model_arguments(p)
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    return args
+
+
+def is_card(key: str) -> bool:
+    """``--data path/to/dataset.json``: a user dataset described by a dataset card."""
+    return key.endswith(".json")
+
+
+def resolve_protocol(args: argparse.Namespace, key: str, preset=None):
+    """The Protocol of ``--method`` on ``key`` under ``--protocol``, with ``--pamr-steps`` applied.
+
+    A plug-in factory may carry ``native_protocols`` (dataset key -> Protocol) for its native protocol.
+    A dataset card (``preset`` given) has one protocol for every method: its short side, windows and
+    ``prob_thd`` with ProxyCLIP's logit scale, no area filter and no PAMR."""
+    from proxyclip_pl.native_protocols import Protocol, protocol_for
+
+    if is_card(key):
+        protocol = Protocol(preset.short_side, 2048, preset.crop_size, preset.stride, 40.0, preset.prob_thd, None, 0)
+        if args.pamr_steps is not None:
+            protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
+        return protocol
+    protocol = protocol_for(args.method, key, args.protocol)
+    if args.protocol == "native" and args.method not in BUILTIN_METHODS:
+        protocol = (getattr(load_plugin(args.method), "native_protocols", None) or {}).get(key, protocol)
+    if args.pamr_steps is not None:
+        protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
+    return protocol
+
+
+def check_devices(args: argparse.Namespace) -> str:
+    """Resolve the accelerator and reject impossible device counts before Lightning starts processes."""
+    import torch
+
+    if args.devices < 1 or args.num_nodes < 1:
+        raise ValueError(f"--devices and --num-nodes must be >= 1 (got {args.devices}, {args.num_nodes})")
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
+    accelerator = {"cuda": "gpu", "auto": "gpu" if torch.cuda.is_available() else "cpu"}.get(args.accelerator, args.accelerator)
+    available = torch.cuda.device_count() if accelerator == "gpu" else (os.cpu_count() or 1)
+    if args.devices > available:
+        kind = "GPUs" if accelerator == "gpu" else "CPU cores"
+        raise ValueError(f"--devices {args.devices} requested but only {available} {kind} are available on this node")
+    return accelerator
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"output dir {folder} is not writable: {exc.strerror or exc}") from None
+
+
+def data_root_for(key: str, args: argparse.Namespace) -> Path | None:
+    from datamodules import BENCHMARKS
+
+    if args.data_root is None:
+        return None  # the datamodule's default: $PROXYCLIP_DATA/<sub path> or data/<sub path>
+    root = Path(args.data_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data-root {root} does not exist")
+    nested = root / BENCHMARKS[key].sub_path
+    if is_multi(args) or (nested.is_dir() and not (root / BENCHMARKS[key].img_dir).is_dir()):
+        return nested  # a data folder holding the standard sub-path
+    return root
+
+
+def configuration(args: argparse.Namespace, key: str, model, protocol, world_size: int) -> dict[str, Any]:
+    import lightning
+    import numpy
+    import open_clip
+    import timm
+    import torch
+    import torchmetrics
+
+    import proxyclip_pl
+
+    builtin = args.method in BUILTIN_METHODS
+    attr = lambda name, default=None: getattr(model, name, default)  # noqa: E731  (plug-ins may lack them)
+    window_batch_size = attr("effective_window_batch_size")
+    queries = attr("queries")
+    return {
+        "method": args.method,
+        "protocol": args.protocol,
+        "protocol_settings": dataclasses.asdict(protocol),
+        "pamr_steps_override": args.pamr_steps,
+        "segmenter": f"{type(model).__module__}.{type(model).__qualname__}",
+        "clip": args.clip if builtin else None,
+        "clip_weights": (args.clip_weights or "(preset tag)") if builtin else None,
+        "vfm": args.vfm if args.method == "proxyclip" else None,
+        "vfm_weights": args.vfm_weights if args.method == "proxyclip" else None,
+        "vfm_kind": attr("vfm_kind"),
+        "attention": attr("attention"),
+        "seed": args.seed if builtin else None,
+        "beta": attr("beta"),
+        "gamma": attr("gamma"),
+        "logit_scale": attr("logit_scale", protocol.logit_scale),
+        "prob_thd": attr("prob_thd", protocol.prob_thd),
+        "area_thd": attr("area_thd", protocol.area_thd),
+        "pamr_steps": attr("pamr_steps", protocol.pamr_steps),
+        "short_side": protocol.short_side,
+        "long_side_cap": protocol.long_side_cap,
+        "slide_crop": attr("slide_crop", protocol.slide_crop),
+        "slide_stride": attr("slide_stride", protocol.slide_stride),
+        "window_batch_size": window_batch_size,
+        "num_queries": len(queries) if queries is not None else None,
+        "precision": args.precision,
+        "world_size": world_size,
+        "num_nodes": args.num_nodes,
+        "versions": {
+            "proxyclip_pl": proxyclip_pl.__version__,
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "torchmetrics": torchmetrics.__version__,
+            "open_clip": open_clip.__version__,
+            "timm": timm.__version__,
+            "numpy": numpy.__version__,
+        },
+    }
+
+
+def fingerprint(args: argparse.Namespace, key: str, model, protocol, dataset, data_root, ignore_index: int,
+                mmseg_histc: bool, class_names: Sequence[str]) -> dict[str, Any]:
+    """What a resumed run must share with the recorded one: ``configuration()`` without the process count (records
+    are keyed by image, so the device count may change), plus the dataset (its image ids) and the metric settings."""
+    import hashlib
+
+    config = configuration(args, key, model, protocol, 1)
+    for name in ("world_size", "num_nodes"):
+        config.pop(name)
+    ids = dataset_ids(dataset)
+    return {**config, "dataset": key if not is_card(key) else str(Path(key).resolve()), "data_root": str(data_root),
+            "num_images": len(ids), "image_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "ignore_index": ignore_index, "mmseg_histc": bool(mmseg_histc),
+            "class_names_sha256": hashlib.sha256("\n".join(class_names).encode()).hexdigest()}
+
+
+def dataset_ids(dataset) -> list[str]:
+    """Image ids of a test dataset or of a ``Subset`` of one, in dataset order."""
+    import torch
+
+    if isinstance(dataset, torch.utils.data.Subset):
+        base = dataset_ids(dataset.dataset)
+        return [base[i] for i in dataset.indices]
+    return [str(i) for i in dataset.ids]
+
+
+def previous_run(out_dir: Path) -> list[str]:
+    """What in ``out_dir`` belongs to a previous run (results.json, record files)."""
+    from proxyclip_pl.records import RECORDS_DIR
+
+    found = ["results.json"] if (out_dir / "results.json").exists() else []
+    records = out_dir / RECORDS_DIR
+    if records.is_dir() and any(records.iterdir()):
+        found.append(f"{RECORDS_DIR}/")
+    return found
+
+
+def prepare_output_dir(out_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse to mix with a previous run unless --resume; --overwrite removes it. Only the launching process acts:
+    the processes Lightning starts for the other ranks re-run this script and must neither refuse nor delete."""
+    import shutil
+
+    from proxyclip_pl.records import RECORDS_DIR
+
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return
+    found = previous_run(out_dir)
+    if not found or args.resume:
+        return
+    if not args.overwrite:
+        raise ValueError(f"output dir {out_dir} holds a previous run ({', '.join(found)}); "
+                         "pass --resume to continue it or --overwrite to start afresh")
+    (out_dir / "results.json").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / RECORDS_DIR, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Job:
+    """One benchmark of the run: its data, protocol, vocabulary, output folder and (once built) segmenter."""
+
+    key: str
+    preset: Any
+    protocol: Any
+    dm: Any  # the benchmark's datamodule (set up)
+    dataset: Any  # its test dataset, first --limit images
+    vocabulary: list[list[str]]
+    ignore_index: int
+    out_dir: Path
+    model: Any = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+
+def data_keys(args: argparse.Namespace) -> list[str]:
+    """``--data``: 'all' (Table 1), one key or card, or a comma-separated list of them."""
+    return list(TABLE_ORDER) if args.data == "all" else [k.strip() for k in args.data.split(",") if k.strip()]
+
+
+def is_multi(args: argparse.Namespace) -> bool:
+    """Several benchmarks: each gets OUT/<key>/ and --data-root is the data folder holding the standard sub-paths."""
+    return args.data == "all" or len(data_keys(args)) > 1
+
+
+def make_job(key: str, args: argparse.Namespace, out_dir: Path) -> Job:
+    """Data, protocol and vocabulary of one benchmark (no model yet)."""
+    import torch
+
+    from datamodules import BENCHMARKS, build_datamodule
+    from proxyclip_pl import load_vocabulary
+
+    preset = build_datamodule(key, data_root=args.data_root).preset if is_card(key) else BENCHMARKS[key]
+    protocol = resolve_protocol(args, key, preset)
+    # the datamodule resizes with the protocol's short side and long-side cap
+    dm = build_datamodule(key, data_root=args.data_root if is_card(key) else data_root_for(key, args),
+                          num_workers=args.num_workers, short_side=protocol.short_side,
+                          long_cap=protocol.long_side_cap)
+    dm.setup("test")
+    dataset = dm.test_dataset
+    if args.limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    if preset.vocabulary is not None:  # a user dataset: the card's classes and synonyms
+        from proxyclip_pl.vocabulary import validate_vocabulary
+
+        vocabulary = [list(names) for names in preset.vocabulary]
+        validate_vocabulary(vocabulary)
+    else:
+        vocabulary = load_vocabulary(preset.vocabulary_file)
+    ignore_index = preset.ignore_index if args.ignore_index is None else args.ignore_index
+    return Job(key, preset, protocol, dm, dataset, vocabulary, ignore_index, out_dir)
+
+
+def build_models(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
+    """Every job's segmenter. Built-in methods: CLIP (and the VFM) built once for the whole run, shared by all
+    segmenters. A plug-in factory is called once per benchmark (what it shares is up to it)."""
+    from proxyclip_pl.factory import build_segmenters
+
+    if args.method not in BUILTIN_METHODS:
+        for job in jobs:
+            job.model = load_plugin(args.method)(vocabulary=job.vocabulary, protocol=job.protocol)
+        return
+    kwargs = model_kwargs(args)
+    if args.method != "proxyclip":
+        if kwargs.pop("attention") != "proxy":
+            raise ValueError(f"--attention is a ProxyCLIP option; --method {args.method} has none")
+        kwargs.pop("vfm"), kwargs.pop("vfm_weights")
+    models = build_segmenters(args.method, {job.key: (job.vocabulary, job.protocol) for job in jobs},
+                              text_cache_dir=args.text_cache_dir, **kwargs)
+    for job in jobs:
+        job.model = models[job.key]
+
+
+def shared_passes(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Jobs grouped into passes, in order of first appearance: a job joins a pass when it has the same image files,
+    the same test resize and a segmenter sharing the first one's encoder (same towers and windows), so one
+    encoder pass per window serves the whole group. Anything else (e.g. a plug-in that does not expose its
+    window embeddings) gets its own pass."""
+    from datamodules.shared import image_list
+    from proxyclip_pl.segmenter import shares_encoder
+
+    groups: list[list[Job]] = []
+    for job in jobs:
+        for group in groups:
+            lead = group[0]
+            if ((lead.protocol.short_side, lead.protocol.long_side_cap)
+                    == (job.protocol.short_side, job.protocol.long_side_cap)
+                    and shares_encoder(lead.model, job.model)
+                    and image_list(lead.dataset) == image_list(job.dataset)):
+                group.append(job)
+                break
+        else:
+            groups.append([job])
+    return groups
+
+
+def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: str) -> dict[str, dict] | None:
+    """Evaluate the benchmarks of one pass; returns key -> results on global rank 0 (None elsewhere)."""
+    import lightning.pytorch as pl
+    import torch
+
+    from datamodules.shared import SharedImagesDataset
+    from proxyclip_pl.evaluation import (BenchmarkEvaluator, BenchmarkScore, ImagesPerSecondBar,
+                                         format_results_table, read_results)
+    from proxyclip_pl.metrics import SegmentationIoU
+    from proxyclip_pl.records import RECORDS_DIR, check_fingerprint, read_records, sum_states
+
+    scores, recorded_by = [], []
+    for job in group:
+        fp = fingerprint(args, job.key, job.model, job.protocol, job.dataset, job.dm.data_root, job.ignore_index,
+                         job.preset.mmseg_histc, job.dm.class_names)
+        recorded: dict[int, dict[str, Any]] = {}
+        if args.resume:
+            headers, recorded, dropped = read_records(job.out_dir / RECORDS_DIR)
+            check_fingerprint(headers, fp)
+            recorded = {i: r for i, r in recorded.items() if 0 <= i < job.num_samples}
+            if dropped and os.environ.get("LOCAL_RANK", "0") == "0":
+                print(f"resume: {job.key}: ignored {dropped} torn or corrupt record line(s)", file=sys.stderr)
+        prior, prior_rows = None, []
+        if recorded:
+            like = SegmentationIoU(len(job.dm.class_names), num_samples=job.num_samples, ignore_index=job.ignore_index,
+                                   mmseg_histc=job.preset.mmseg_histc, confusion=True)
+            prior = sum_states(recorded.values(), {name: getattr(like, name) for name in like._defaults})
+            prior_rows = [recorded[i]["row"] for i in sorted(recorded) if recorded[i].get("row") is not None]
+            if args.per_image and len(prior_rows) != len(recorded):
+                raise ValueError("cannot resume with --per-image: the recorded run did not keep per-image rows")
+        metrics_file = job.out_dir / ".metrics.json"
+        metrics_file.unlink(missing_ok=True)  # never read a previous run's numbers
+        show_dir = Path(args.show_dir) / job.key if args.show_dir and is_multi(args) else args.show_dir
+        scores.append(BenchmarkScore(
+            job.dm.class_names, job.num_samples,
+            prediction_dir=job.out_dir / "predictions" if args.save_predictions else None, show_dir=show_dir,
+            results_file=metrics_file, ignore_index=job.ignore_index, mmseg_histc=job.preset.mmseg_histc,
+            confusion_file=job.out_dir / "confusion.npy",
+            per_image_file=job.out_dir / "per_image.csv" if args.per_image else None,
+            record_dir=job.out_dir / RECORDS_DIR, fingerprint=fp, prior=prior, prior_rows=prior_rows,
+            recorded=recorded.keys(),
+        ))
+        recorded_by.append(recorded)
+
+    lead, num_samples = group[0], group[0].num_samples
+    name = "+".join(job.key for job in group)
+    # An image is evaluated again if any benchmark of the pass lacks its record (each benchmark skips its own).
+    remaining = [i for i in range(num_samples) if any(i not in recorded for recorded in recorded_by)]
+    ranks = args.devices * args.num_nodes
+    if remaining and ranks > len(remaining):
+        # A rank without images never reaches the collective metric reduction (Lightning skips its
+        # loop), so the others would wait for it until the timeout: refuse before any process starts.
+        resumed = len(remaining) < num_samples
+        what = f"{len(remaining)} image(s) left to evaluate" if resumed else f"{num_samples} image(s)"
+        raise ValueError(f"{name}: {what} for {ranks} processes (--devices {args.devices} x "
+                         f"--num-nodes {args.num_nodes}); every process needs at least one image: use at most "
+                         f"{len(remaining)} device(s){' or a larger --limit' if args.limit is not None and not resumed else ''}")
+    dataset = lead.dataset if len(group) == 1 else SharedImagesDataset([job.dataset for job in group])
+    if len(remaining) < num_samples:
+        dataset = torch.utils.data.Subset(dataset, remaining)
+    lead.dm.test_dataset = dataset
+    module = BenchmarkEvaluator([job.model for job in group], scores)
+    strategy = args.strategy
+    if strategy == "auto" and ranks > 1:
+        strategy = "ddp"
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
+        precision=args.precision, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        callbacks=[ImagesPerSecondBar()], inference_mode=True,
+    )
+    start = time.perf_counter()
+    if remaining:
+        trainer.test(module, datamodule=lead.dm, verbose=False)
+    elif trainer.is_global_zero:  # every image is recorded: the results are the records' sums
+        for score in scores:
+            score.publish_records()
+    seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return None
+    all_results = {}
+    for job, recorded in zip(group, recorded_by):
+        metrics_file = job.out_dir / ".metrics.json"
+        results = read_results(metrics_file)
+        metrics_file.unlink()
+        if results["num_images"] != job.num_samples:
+            raise RuntimeError(f"{job.key}: evaluated {results['num_images']} images, expected {job.num_samples}")
+        evaluated = job.num_samples - len(recorded)
+        results = {
+            "dataset": job.preset.key,
+            **({"dataset_card": str(Path(job.key).resolve())} if is_card(job.key) else {}),
+            "num_images": results["num_images"],
+            "mIoU": results["mIoU"],
+            "aAcc": results["aAcc"],
+            "mAcc": results["mAcc"],
+            "per_class_iou": results["per_class_iou"],
+            "per_class_acc": results["per_class_acc"],
+            "ignore_index": job.ignore_index,
+            "metric_arithmetic": "mmseg_histc" if job.preset.mmseg_histc else "strict",
+            "seconds": round(seconds, 2),
+            "images_per_second": round(evaluated / seconds, 3) if seconds > 0 else None,
+            # one encoder pass served these benchmarks; its windows (all ranks, this run) are counted once
+            "shared_pass": [j.key for j in group],
+            "windows_encoded": results["windows_encoded"],
+            **({"resumed_images": len(recorded)} if recorded else {}),
+            "data_root": str(job.dm.data_root),
+            "config": configuration(args, job.key, job.model, job.protocol, trainer.world_size),
+        }
+        (job.out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        print(format_results_table(results, title=f"== {job.key} ({args.method}, {args.protocol} protocol) =="))
+        print(f"results written to {job.out_dir / 'results.json'}")
+        all_results[job.key] = results
+    return all_results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from datamodules import BENCHMARKS, build_datamodule
+
+    keys = data_keys(args)
+    for key in keys:
+        if is_card(key):
+            if not Path(key).is_file():
+                raise FileNotFoundError(f"--data {key}: dataset card not found")
+        elif key not in BENCHMARKS:
+            raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}, "
+                             "'all' or a comma-separated list")
+    if len(set(keys)) != len(keys) or not keys:
+        raise ValueError(f"--data {args.data!r}: list each benchmark once")
+    if args.method not in BUILTIN_METHODS:
+        load_plugin(args.method)  # fail on a bad module:factory before any process starts
+    if args.pamr_steps is not None and args.pamr_steps < 0:
+        raise ValueError(f"--pamr-steps must be >= 0, got {args.pamr_steps}")
+    accelerator = check_devices(args)
+    out_root = Path(args.output_dir)
+    check_writable(out_root)
+    if args.show_dir:
+        check_writable(Path(args.show_dir))
+    for key in keys:
+        if is_card(key):  # fail on a bad card before any model is built
+            build_datamodule(key, data_root=args.data_root)
+        else:
+            data_root_for(key, args)  # fail on a bad --data-root before any model is built
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+    out_dirs = {key: out_root / key if is_multi(args) else out_root for key in keys}
+    for key in keys:  # refuse (or clear) every previous run before evaluating anything
+        prepare_output_dir(out_dirs[key], args)
+    jobs = [make_job(key, args, out_dirs[key]) for key in keys]
+    build_models(args, jobs)  # once for the whole run
+    all_results: dict[str, dict | None] = {}
+    passes = shared_passes(jobs)
+    for group in passes:
+        for job in group:
+            job.out_dir.mkdir(parents=True, exist_ok=True)
+        results = evaluate_pass(group, args, accelerator)
+        all_results.update(results or {job.key: None for job in group})
+    if is_multi(args) and all_results[keys[0]] is not None:
+        mious = [all_results[k]["mIoU"] for k in keys]
+        row = {**{k: m for k, m in zip(keys, mious)}, "avg": round(sum(mious) / len(mious), 2)}
+        windows = [all_results[group[0].key]["windows_encoded"] for group in passes]
+        summary = {**row, "passes": [[job.key for job in group] for group in passes],
+                   "windows_encoded": None if None in windows else sum(windows)}
+        (out_root / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(table_row(args.method, args.protocol, row, reported=args.data == "all"))
+        print(f"{len(passes)} encoder pass(es) for {len(keys)} benchmark(s); windows encoded: {summary['windows_encoded']}")
+    return 0
+
+
+def table_row(method: str, protocol: str, row: dict[str, float], reported: bool = True) -> str:
+    """Table 1 row of ``method`` (mIoU per benchmark and the average), with the published row under it
+    when the method's native protocol was run and its paper/README numbers are known."""
+    from proxyclip_pl.native_protocols import REPORTED_MIOU
+
+    name = f"{method} ({protocol})"
+    width = max(len(name), 10)
+    lines = [f"{'':<{width}} | " + " | ".join(f"{k:>11}" for k in row),
+             f"{name:<{width}} | " + " | ".join(f"{v:>11.2f}" for v in row.values())]
+    if reported and protocol == "native" and method in REPORTED_MIOU:
+        reported = [REPORTED_MIOU[method].miou.get(k) for k in TABLE_ORDER]
+        cells = [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in reported]
+        known = [v for v in reported if v is not None]
+        cells.append(f"{sum(known) / len(known):>11.2f}" if len(known) == len(reported) else f"{'-':>11}")
+        lines.append(f"{'reported':<{width}} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    """Console entry point ``proxyclip-test`` (and ``python scripts/test.py``)."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
