@@ -1,6 +1,7 @@
 """Frozen per-benchmark presets: class names, layout, label transform and test settings.
 
-Values follow benchmarks.md §1/§3 and method.md §10.  Class names are spelled as
+Values follow docs/dataset_notes.md, 'Summary' and 'Label encodings and conversion tables', and
+docs/method_notes.md, 'Per-dataset settings'.  Class names are spelled as
 MMSegmentation's dataset classes spell them (identity is the *index*, never the name;
 ADE20K index 7 is ``'bed '`` with a trailing space on purpose).
 """

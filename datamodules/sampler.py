@@ -1,7 +1,8 @@
 """A non-padding distributed sampler for evaluation.
 
 ``torch.utils.data.DistributedSampler`` pads the index list by repeating its first
-indices, so under DDP some samples would be evaluated twice (benchmarks.md §6).  This
+indices, so under DDP some samples would be evaluated twice (docs/dataset_notes.md,
+'Distributed evaluation').  This
 subclass gives rank ``r`` exactly the indices ``r, r + W, r + 2W, ...``: every sample
 goes to exactly one rank, shards differ in length by at most one.  Being a
 ``DistributedSampler`` subclass, Lightning leaves it in place.

@@ -1,6 +1,6 @@
 """Test-time transforms: the mmcv short-side rescale rule and the label LUTs.
 
-Resize rule (method.md §4): ``sf = min(long_cap / max(h, w), short_side / min(h, w))``,
+Resize rule (docs/method_notes.md, 'Test-time resize'): ``sf = min(long_cap / max(h, w), short_side / min(h, w))``,
 new size ``int(x * sf + 0.5)``, OpenCV ``INTER_LINEAR`` on uint8; upscaling included.
 Labels are never resized.
 """

@@ -1,6 +1,6 @@
 """Dataset-level semantic-segmentation metric with MMSegmentation ``IoUMetric`` semantics.
 
-Reference: ``/work/shared/spec/benchmarks.md`` §5 (metric) and §6 (distributed evaluation).
+Reference: ``docs/dataset_notes.md``, 'The metric' and 'Distributed evaluation'.
 
 Definition (per image, over the pixels where ``target != ignore_index``; only the GT decides
 what is ignored, predictions on ignored pixels are dropped whatever they are)::
@@ -14,7 +14,8 @@ averaged per image), then ``U = P + L - I`` and::
     mIoU  = nanmean(IoU) * 100                    mAcc  = nanmean(Acc) * 100
     aAcc  = sum(I) / sum(L) * 100
 
-Why a custom metric instead of torchmetrics' built-ins (spec §5.3):
+Why a custom metric instead of torchmetrics' built-ins (docs/dataset_notes.md, 'Why not the
+torchmetrics built-ins'):
 
 * ``torchmetrics.segmentation.MeanIoU`` averages *per-image* IoUs and has no ignore index: it is
   a different metric.
@@ -100,7 +101,7 @@ class SegmentationIoU(Metric):
     * ``seen`` (only when ``num_samples`` is given): ``[num_samples]``, how many times each
       dataset index was evaluated. :meth:`compute` requires it to be exactly 1 everywhere, which
       catches both the duplicates a padding ``DistributedSampler`` introduces and missing
-      samples (spec §6).
+      samples (docs/dataset_notes.md, 'Distributed evaluation').
 
     Nothing is synchronised per step (``update`` issues no collectives); the cross-rank sum
     happens once, inside :meth:`compute`, which every rank must call (it is a collective).
@@ -110,7 +111,8 @@ class SegmentationIoU(Metric):
         num_samples: ``N``, size of the evaluated split; enables the ``seen`` uniqueness /
             completeness check. When given, every :meth:`update` must pass ``index``.
         ignore_index: GT value whose pixels are excluded (default 255). Must lie outside
-            ``[0, C)``: ignoring a real class is a relabelling bug (spec §8.16) -- except under
+            ``[0, C)``: ignoring a real class is a relabelling bug (docs/dataset_notes.md, 'Metric
+            inputs') -- except under
             ``mmseg_histc``, which reproduces the published arithmetic that does exactly that.
         mmseg_histc: reproduce MMSegmentation ``intersect_and_union`` for labels outside the class
             range: its ``torch.histc(bins=C, min=0, max=C-1)`` drops GT values outside ``[0, C-1]``
@@ -126,11 +128,11 @@ class SegmentationIoU(Metric):
             unlabeled_pred`` exactly.
         **kwargs: forwarded to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
 
-    Input validation (decision, spec §5.2): MMSeg silently drops out-of-range values; we do
-    not. Predictions must be in ``[0, C)`` on **every** pixel (they are argmax indices by
-    construction; a "no prediction" sentinel such as 255 or -1 is a bug), and GT values must be
-    in ``[0, C) ∪ {ignore_index}``. Anything else raises ``ValueError``. The check costs one
-    host-device sync per ``update`` (no collective).
+    Input validation (decision, docs/dataset_notes.md, 'Class ranges and the histc quirk'): MMSeg
+    silently drops out-of-range values; we do not. Predictions must be in ``[0, C)`` on **every**
+    pixel (they are argmax indices by construction; a "no prediction" sentinel such as 255 or -1
+    is a bug), and GT values must be in ``[0, C) ∪ {ignore_index}``. Anything else raises
+    ``ValueError``. The check costs one host-device sync per ``update`` (no collective).
     """
 
     is_differentiable = False

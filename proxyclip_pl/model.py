@@ -1,6 +1,6 @@
 """ProxyCLIP: training-free open-vocabulary segmentation (plain PyTorch, no Trainer needed).
 
-Pipeline for one image (method.md): short-side resize -> overlapping windows (batched) ->
+Pipeline for one image (docs/method_notes.md, 'Overview'): short-side resize -> overlapping windows (batched) ->
 per window: CLIP values of the last block, resized to the VFM grid, re-aggregated by the proxy
 attention from VFM feature similarities -> ``out_proj``/``ln_post``/``proj`` -> cosine logits against
 prompt-ensembled text embeddings -> bilinear to the window -> averaged over windows -> bilinear to the
