@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datamodules.label_tables import COCO_USED_RAW, coco_object_lut, coco_stuff_lut
 from datamodules.presets import BENCHMARKS
-from datamodules.prepare import COCO_USED_RAW, coco_object_lut, coco_stuff_lut
 
 DEFAULT_SIZES = ((375, 500), (333, 500), (500, 375), (64, 96))
 CITIES = ("frankfurt", "lindau", "munster")

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from datamodules import BENCHMARKS, DataFileError, build_datamodule, read_label
+from datamodules import label_tables as tables
 from datamodules import prepare as prep
 from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl.metrics import SegmentationIoU
@@ -180,19 +181,19 @@ def ade_seg(ids: np.ndarray, r_extra: int = 0) -> np.ndarray:
 
 
 def test_ade_decode_every_path():
-    ids = prep.ade847_raw_ids()
+    ids = tables.ade847_raw_ids()
     assert ids[0] == 2978 and ids[1] == 312 and ids[846] == 3148  # wall, building, adding machine
-    lut = prep.ade847_lut()
+    lut = tables.ade847_lut()
     # R / 10 truncates: R in 110..119 all give 11 * 256.
     for r_extra in range(10):
         seg = ade_seg(np.array([[2978, 312, 0, 1]]), r_extra)
-        np.testing.assert_array_equal(prep.decode_ade_full_seg(seg), [[2978, 312, 0, 1]])
+        np.testing.assert_array_equal(tables.decode_ade_full_seg(seg), [[2978, 312, 0, 1]])
     # id 0 (unlabeled) and ids outside the 847 (1 is not in the table) -> 65535.
-    np.testing.assert_array_equal(lut[prep.decode_ade_full_seg(ade_seg(np.array([[2978, 312, 0, 1, 3148]])))],
+    np.testing.assert_array_equal(lut[tables.decode_ade_full_seg(ade_seg(np.array([[2978, 312, 0, 1, 3148]])))],
                                   [[0, 1, 65535, 65535, 846]])
     assert 1 not in set(ids.tolist()) and lut.dtype == np.uint16
-    with pytest.raises(prep.UnexpectedRawValueError, match="8-bit RGB"):
-        prep.decode_ade_full_seg(np.zeros((4, 4), dtype=np.uint8), "x_seg.png")
+    with pytest.raises(tables.UnexpectedRawValueError, match="8-bit RGB"):
+        tables.decode_ade_full_seg(np.zeros((4, 4), dtype=np.uint8), "x_seg.png")
 
 
 @pytest.mark.parametrize("hw,expected", [
@@ -204,7 +205,7 @@ def test_ade_decode_every_path():
     ((513, 520), (512, 519)),    # round(519.01...) = 519
 ])
 def test_ade847_resize_rule(hw, expected):
-    assert prep.ade847_resized_size(*hw) == expected
+    assert tables.ade847_resized_size(*hw) == expected
 
 
 def make_raw_ade(src: Path, specs) -> None:
@@ -260,12 +261,12 @@ def test_prepare_ade847_errors_name_the_problem(tmp_path):
 # ----------------------------------------------------------------------------------- preparation: PC-459
 def test_convert_pc459_every_path():
     lab = np.array([[0, 1, 2], [256, 459, 0]], dtype=np.uint16)
-    np.testing.assert_array_equal(prep.convert_pc459(lab), [[65535, 0, 1], [255, 458, 65535]])
-    assert prep.convert_pc459(lab.astype(np.float64)).dtype == np.uint16  # MATLAB doubles are fine
-    with pytest.raises(prep.UnexpectedRawValueError, match=r"m.mat: LabelMap values \[460\]"):
-        prep.convert_pc459(np.array([[460]]), "m.mat")
-    with pytest.raises(prep.UnexpectedRawValueError, match="non-integer"):
-        prep.convert_pc459(np.array([[1.5]]))
+    np.testing.assert_array_equal(tables.convert_pc459(lab), [[65535, 0, 1], [255, 458, 65535]])
+    assert tables.convert_pc459(lab.astype(np.float64)).dtype == np.uint16  # MATLAB doubles are fine
+    with pytest.raises(tables.UnexpectedRawValueError, match=r"m.mat: LabelMap values \[460\]"):
+        tables.convert_pc459(np.array([[460]]), "m.mat")
+    with pytest.raises(tables.UnexpectedRawValueError, match="non-integer"):
+        tables.convert_pc459(np.array([[1.5]]))
 
 
 def make_raw_pc459(root: Path, ids, labels_txt=True):
@@ -319,10 +320,3 @@ def test_prepare_context459_errors(tmp_path):
     scipy.io.savemat(bad / "trainval" / "2008_000001.mat", {"Other": np.zeros((2, 2))})
     with pytest.raises(prep.PreparationError, match="no 'LabelMap'"):
         prep.prepare_context459(bad, tmp_path / "out2", progress=False)
-
-
-def test_prepare_cli_knows_the_new_datasets(tmp_path, capsys):
-    assert prep.main(["ade847", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "o")]) == 1
-    assert "does not exist" in capsys.readouterr().err
-    assert prep.main(["context459", "--src", str(tmp_path), "--dst", str(tmp_path / "o"), "--download"]) == 1
-    assert "cannot be downloaded automatically" in capsys.readouterr().err

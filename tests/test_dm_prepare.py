@@ -1,7 +1,9 @@
-"""Data preparation: conversion tables (every spec row), converters on raw layouts, downloads."""
+"""Data preparation: conversion tables (every spec row), RLE, converters on raw layouts, downloads, the CLI."""
 
 import hashlib
 import http.server
+import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -14,12 +16,66 @@ import numpy as np
 import pytest
 
 from datamodules import DatasetCountWarning, DatasetLayoutError, apply_label_transform, build_datamodule, read_label
+from datamodules import downloads
+from datamodules import label_tables as tables
 from datamodules import prepare as prep
+from datamodules.rle import decode_rle, rle_string_to_counts
 from datamodules.synthetic import random_image, save_image, save_label, voc_palette  # noqa: F401
+from proxyclip_pl.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Copied row by row from benchmarks.md §4 (raw, Context60, Context59).
+
+def _load_prepare_script():
+    """scripts/prepare_data.py as a module."""
+    spec = importlib.util.spec_from_file_location("prepare_data_script", REPO / "scripts" / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare_data = _load_prepare_script()
+
+
+def _run_prepare_cli(argv, capsys) -> tuple[int, str]:
+    """Run the CLI in-process through ``run_cli``: (exit status, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        run_cli(prepare_data.main, argv)
+    return info.value.code, capsys.readouterr().err
+
+
+# COCO RLE encoders: the package only decodes (datamodules.rle); these build the test fixtures.
+def counts_to_rle_string(counts) -> str:
+    """Inverse of :func:`datamodules.rle.rle_string_to_counts` (6-bit chars, delta-coded from count i-2)."""
+    out = []
+    for i, cnt in enumerate(counts):
+        x = int(cnt) - (int(counts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+def counts_from_mask(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE counts of a bool mask (column-major, starting with a run of 0s)."""
+    flat = np.asarray(mask, dtype=bool).T.ravel()
+    counts, cur, run = [], False, 0
+    for v in flat:
+        if v == cur:
+            run += 1
+        else:
+            counts.append(run)
+            cur, run = v, 1
+    counts.append(run)
+    return counts
+
+# Copied row by row from the PASCAL Context table (raw, Context60, Context59); see docs/dataset_notes.md,
+# 'PASCAL Context'.
 CONTEXT_TABLE = (
     (0, 0, 255), (2, 1, 0), (9, 2, 1), (18, 3, 2), (19, 4, 3), (22, 5, 4),
     (23, 6, 5), (25, 7, 6), (31, 8, 7), (33, 9, 8), (34, 10, 9), (44, 11, 10),
@@ -33,7 +89,8 @@ CONTEXT_TABLE = (
     (424, 54, 53), (427, 55, 54), (440, 56, 55), (445, 57, 56), (454, 58, 57), (458, 59, 58),
 )
 
-# benchmarks.md §4.2 (raw value, _labelTrainIds, _instanceTrainIds); 255 = unlabeled.
+# COCO-Stuff table (raw value, _labelTrainIds, _instanceTrainIds); 255 = unlabeled. See docs/dataset_notes.md,
+# 'COCO-Stuff'.
 COCO_TABLE = (
     (0, 0, 1), (1, 1, 2), (2, 2, 3), (3, 3, 4), (4, 4, 5), (5, 5, 6),
     (6, 6, 7), (7, 7, 8), (8, 8, 9), (9, 9, 10), (10, 10, 11), (12, 11, 12),
@@ -66,7 +123,8 @@ COCO_TABLE = (
     (179, 168, 0), (180, 169, 0), (181, 170, 0), (255, 255, 0),
 )
 
-# benchmarks.md §4.3 (labelId, trainId); license plate (-1) is never a pixel value.
+# Cityscapes table (labelId, trainId); license plate (-1) is never a pixel value. See docs/dataset_notes.md,
+# 'Cityscapes'.
 CITYSCAPES_TABLE = (
     (0, 255), (1, 255), (2, 255), (3, 255), (4, 255), (5, 255), (6, 255), (7, 0),
     (8, 1), (9, 255), (10, 255), (11, 2), (12, 3), (13, 4), (14, 255), (15, 255),
@@ -79,28 +137,28 @@ CITYSCAPES_TABLE = (
 # ---------------------------------------------------------------- tables
 def test_coco_table_every_row():
     raw = np.array([[r for r, _, _ in COCO_TABLE]], np.uint8)
-    stuff, obj = prep.convert_coco_stuffthingmap(raw)
+    stuff, obj = tables.convert_coco_stuffthingmap(raw)
     np.testing.assert_array_equal(stuff[0], [s for _, s, _ in COCO_TABLE])
     np.testing.assert_array_equal(obj[0], [o for _, _, o in COCO_TABLE])
     assert len(COCO_TABLE) == 172  # 171 used values + unlabeled
 
 
 def test_coco_spec_test_vector():
-    stuff, obj = prep.convert_coco_stuffthingmap(np.array([[0, 12, 91, 181, 255]], np.uint8))
+    stuff, obj = tables.convert_coco_stuffthingmap(np.array([[0, 12, 91, 181, 255]], np.uint8))
     assert stuff.tolist() == [[0, 11, 80, 170, 255]] and obj.tolist() == [[1, 12, 0, 0, 0]]
 
 
 def test_coco_never_occurring_values_fail_loudly():
-    # benchmarks.md §4: raw values that never occur in the official maps must fail, not map to 255.
+    # Raw values that never occur in the official maps must fail, not map to 255 (docs/dataset_notes.md, 'COCO-Stuff').
     unused = [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90]
     assert set(unused) | {r for r, _, _ in COCO_TABLE} == set(range(182)) | {255}
     raw = np.array([unused + [200, 0]], np.uint8)
-    with pytest.raises(prep.UnexpectedRawValueError, match=r"bad.png: raw values \[11, 25.*90, 200\]") as info:
-        prep.convert_coco_stuffthingmap(raw, source="bad.png")
+    with pytest.raises(tables.UnexpectedRawValueError, match=r"bad.png: raw values \[11, 25.*90, 200\]") as info:
+        tables.convert_coco_stuffthingmap(raw, source="bad.png")
     assert isinstance(info.value, ValueError)  # the prepare CLI reports it in one line
     for value in unused + [182, 254]:
-        with pytest.raises(prep.UnexpectedRawValueError, match=rf"\[{value}\]"):
-            prep.convert_coco_stuffthingmap(np.array([[0, value]], np.uint8), source="x.png")
+        with pytest.raises(tables.UnexpectedRawValueError, match=rf"\[{value}\]"):
+            tables.convert_coco_stuffthingmap(np.array([[0, value]], np.uint8), source="x.png")
 
 
 def test_prepare_coco_stops_at_a_map_with_unknown_values(tmp_path, capsys):
@@ -109,37 +167,38 @@ def test_prepare_coco_stops_at_a_map_with_unknown_values(tmp_path, capsys):
     raw = raws[bad].copy()
     raw[0, 0] = 90  # hair brush: no masks in COCO-Stuff-164k
     save_label(raw, src / "annotations/val2017" / f"{bad}.png")
-    with pytest.raises(prep.UnexpectedRawValueError, match=rf"{bad}\.png: raw values \[90\]"):
+    with pytest.raises(tables.UnexpectedRawValueError, match=rf"{bad}\.png: raw values \[90\]"):
         prep.prepare_coco(src, src, progress=False)
     assert not (src / f"annotations/val2017/{bad}_labelTrainIds.png").exists()  # nothing written for it
-    assert prep.main(["coco_stuff", "--src", str(src), "--dst", str(src), "--no-progress"]) == 1
-    assert f"{bad}.png: raw values [90]" in capsys.readouterr().err
+    code, err = _run_prepare_cli(["coco_stuff", "--src", str(src), "--dst", str(src), "--no-progress"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert f"{bad}.png: raw values [90]" in err
 
 
 def test_context_table_every_row():
     raw = np.array([[r for r, _, _ in CONTEXT_TABLE]], np.int64)
-    c60 = prep.convert_context_raw(raw)
+    c60 = tables.convert_context_raw(raw)
     np.testing.assert_array_equal(c60[0], [c for _, c, _ in CONTEXT_TABLE])
     np.testing.assert_array_equal(apply_label_transform(c60, True)[0], [c for _, _, c in CONTEXT_TABLE])
 
 
 def test_context_unknown_category_becomes_background_with_warning():
-    with pytest.warns(prep.ConversionWarning, match=r"\[3, 459\]"):
-        out = prep.convert_context_raw(np.array([[3, 2, 459]]), source="2008_000001")
+    with pytest.warns(tables.ConversionWarning, match=r"\[3, 459\]"):
+        out = tables.convert_context_raw(np.array([[3, 2, 459]]), source="2008_000001")
     assert out.tolist() == [[0, 1, 0]]
 
 
 def test_cityscapes_table_every_row():
     ids = np.array([[i for i, _ in CITYSCAPES_TABLE]], np.uint8)
-    np.testing.assert_array_equal(prep.convert_cityscapes_label_ids(ids)[0], [t for _, t in CITYSCAPES_TABLE])
+    np.testing.assert_array_equal(tables.convert_cityscapes_label_ids(ids)[0], [t for _, t in CITYSCAPES_TABLE])
     assert len(CITYSCAPES_TABLE) == 34
-    assert prep.convert_cityscapes_label_ids(np.array([[34, 200, 255]], np.uint8)).tolist() == [[255, 255, 255]]
+    assert tables.convert_cityscapes_label_ids(np.array([[34, 200, 255]], np.uint8)).tolist() == [[255, 255, 255]]
 
 
 def test_converters_do_not_chain():
     # Each output depends only on the original pixel: raw 1 -> 0 must not then become something else.
     raw = np.array([[1, 0, 2]], np.uint8)
-    stuff, obj = prep.convert_coco_stuffthingmap(raw)
+    stuff, obj = tables.convert_coco_stuffthingmap(raw)
     assert stuff.tolist() == [[1, 0, 2]] and obj.tolist() == [[2, 1, 3]]
 
 
@@ -148,16 +207,16 @@ def test_rle_roundtrip_and_known_string():
     rng = np.random.default_rng(0)
     for h, w in ((1, 1), (7, 5), (13, 17)):
         m = rng.random((h, w)) > 0.6
-        counts = prep.counts_from_mask(m)
-        s = prep.counts_to_rle_string(counts)
-        assert prep.rle_string_to_counts(s) == counts
-        np.testing.assert_array_equal(prep.decode_rle({"size": [h, w], "counts": s}), m)
-        np.testing.assert_array_equal(prep.decode_rle({"size": [h, w], "counts": counts}), m)
+        counts = counts_from_mask(m)
+        s = counts_to_rle_string(counts)
+        assert rle_string_to_counts(s) == counts
+        np.testing.assert_array_equal(decode_rle({"size": [h, w], "counts": s}), m)
+        np.testing.assert_array_equal(decode_rle({"size": [h, w], "counts": counts}), m)
     # Column-major: a 2x3 mask with only pixel (1, 0) set has counts [1, 1, 4].
-    m = prep.decode_rle({"size": [2, 3], "counts": [1, 1, 4]})
+    m = decode_rle({"size": [2, 3], "counts": [1, 1, 4]})
     assert m.tolist() == [[False, False, False], [True, False, False]]
     with pytest.raises(ValueError):
-        prep.decode_rle({"size": [2, 3], "counts": [1, 1]})
+        decode_rle({"size": [2, 3], "counts": [1, 1]})
 
 
 # ---------------------------------------------------------------- converters on raw layouts
@@ -174,12 +233,12 @@ def _context_src(tmp_path):
     a = np.zeros((6, 8), bool); a[:, :4] = True          # aeroplane (2) on the left half
     b = np.zeros((6, 8), bool); b[2:4, 2:6] = True       # person (284) painted later, overlapping
     anns.append({"id": 1, "image_id": 100, "category_id": 2,
-                 "segmentation": {"size": [6, 8], "counts": prep.counts_to_rle_string(prep.counts_from_mask(a))}})
+                 "segmentation": {"size": [6, 8], "counts": counts_to_rle_string(counts_from_mask(a))}})
     anns.append({"id": 2, "image_id": 100, "category_id": 284,
-                 "segmentation": {"size": [6, 8], "counts": prep.counts_from_mask(b)}})
+                 "segmentation": {"size": [6, 8], "counts": counts_from_mask(b)}})
     c = np.ones((5, 4), bool)
     anns.append({"id": 3, "image_id": 101, "category_id": 458,
-                 "segmentation": {"size": [5, 4], "counts": prep.counts_from_mask(c)}})
+                 "segmentation": {"size": [5, 4], "counts": counts_from_mask(c)}})
     (src / "trainval_merged.json").write_text(json.dumps({"images": images, "annos_segmentation": anns}))
     return src
 
@@ -312,8 +371,52 @@ def test_prepare_voc_incomplete_layout_names_missing_file(tmp_path):
         prep.prepare_voc(src, tmp_path / "dst", progress=False)
 
 
+# ---------------------------------------------------------------- CLI (scripts/prepare_data.py)
+def test_every_dataset_key_has_a_preparer_with_the_common_interface():
+    assert tuple(prep.PREPARERS) == ("voc", "context", "coco_stuff", "coco_object", "cityscapes", "ade20k",
+                                     "ade847", "context459")
+    choices = next(a.choices for a in prepare_data.build_parser()._actions if a.dest == "dataset")
+    assert tuple(choices) == tuple(prep.PREPARERS)
+    for preparer in prep.PREPARERS.values():
+        inspect.signature(preparer).bind(Path("src"), Path("dst"), link_mode="copy", progress=False)
+    inspect.signature(prep.PREPARERS["context"]).bind(Path("s"), Path("d"), json_path=Path("j.json"))
+    assert prep.PREPARERS["coco_stuff"] is prep.PREPARERS["coco_object"] is prep.prepare_coco
+
+
+def test_cli_dispatches_through_preparers(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake(src, dst, **options):
+        calls.append((src, dst, options))
+        return prep.PrepareStats(written=4)
+
+    monkeypatch.setitem(prep.PREPARERS, "context", fake)
+    argv = ["context", "--src", "s", "--dst", "d", "--json", "j.json", "--copy", "--no-progress"]
+    assert prepare_data.main(argv) == 0
+    assert calls == [(Path("s"), Path("d"), {"link_mode": "copy", "progress": False, "json_path": Path("j.json")})]
+    assert capsys.readouterr().out == "context: 4 written, 0 already present, 0 folders linked\n"
+    monkeypatch.setitem(prep.PREPARERS, "voc", fake)
+    assert prepare_data.main(["voc", "--src", "s", "--dst", "d"]) == 0
+    assert calls[-1] == (Path("s"), Path("d"), {"link_mode": "symlink", "progress": True})
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    cases = [
+        (["context", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x")], str(tmp_path / "missing")),
+        (["ade847", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "o")], "does not exist"),
+        (["context459", "--src", str(tmp_path), "--dst", str(tmp_path / "o"), "--download"],
+         "cannot be downloaded automatically"),
+        (["cityscapes", "--src", str(tmp_path), "--dst", str(tmp_path / "o"), "--download"], "login"),
+        (["voc", "--src", str(tmp_path), "--dst", str(tmp_path / "o"), "--json", "x.json"], "--json"),
+    ]
+    for argv, expected in cases:
+        code, err = _run_prepare_cli(argv + ["--no-progress"], capsys)
+        assert code == 2, argv
+        assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, (argv, err)
+
+
 @pytest.mark.slow
-def test_cli_runs_and_reports_errors(tmp_path):
+def test_prepare_data_script_runs(tmp_path):
     src = _voc_src(tmp_path)
     dst = tmp_path / "data/VOCdevkit/VOC2012"
     script = str(REPO / "scripts/prepare_data.py")
@@ -321,9 +424,17 @@ def test_cli_runs_and_reports_errors(tmp_path):
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "2 / 1449" in ok.stdout and "found 2 of the 1449" in ok.stderr
+
+
+@pytest.mark.slow
+def test_prepare_data_script_bad_src_exits_2_with_one_error_line(tmp_path):
+    script = str(REPO / "scripts/prepare_data.py")
     bad = subprocess.run([sys.executable, script, "context", "--src", str(tmp_path / "missing"), "--dst",
                           str(tmp_path / "x"), "--no-progress"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and str(tmp_path / "missing") in bad.stderr
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot find the VOC2010 folder"), bad.stderr
+    assert str(tmp_path / "missing") in lines[0] and "Traceback" not in bad.stderr
 
 
 # ---------------------------------------------------------------- downloads
@@ -370,10 +481,10 @@ def test_download_resumes_from_partial_file(tmp_path, http_server):
     dest = tmp_path / "archive.tar"
     (tmp_path / "archive.tar.part").write_bytes(payload[:1000])
     md5 = hashlib.md5(payload).hexdigest()
-    prep.download(url, dest, md5=md5, progress=False, chunk_size=4096)
+    downloads.download(url, dest, md5=md5, progress=False, chunk_size=4096)
     assert dest.read_bytes() == payload and not (tmp_path / "archive.tar.part").exists()
     assert _RangeHandler.requests == ["bytes=1000-"]
-    prep.download(url, dest, md5=md5, progress=False)  # complete + checksum ok: no request
+    downloads.download(url, dest, md5=md5, progress=False)  # complete + checksum ok: no request
     assert len(_RangeHandler.requests) == 1
 
 
@@ -382,10 +493,10 @@ def test_download_restarts_when_range_ignored_and_checks_sha256(tmp_path, http_s
     _RangeHandler.payload, _RangeHandler.honour_range = payload, False
     url = f"http://127.0.0.1:{http_server.server_address[1]}/f.zip"
     (tmp_path / "f.zip.part").write_bytes(b"zzz")
-    prep.download(url, tmp_path / "f.zip", sha256=hashlib.sha256(payload).hexdigest(), progress=False)
+    downloads.download(url, tmp_path / "f.zip", sha256=hashlib.sha256(payload).hexdigest(), progress=False)
     assert (tmp_path / "f.zip").read_bytes() == payload
     with pytest.raises(prep.PreparationError, match="checksum mismatch"):
-        prep.download(url, tmp_path / "g.zip", md5="0" * 32, progress=False)
+        downloads.download(url, tmp_path / "g.zip", md5="0" * 32, progress=False)
     assert not (tmp_path / "g.zip").exists()
 
 
@@ -394,14 +505,14 @@ def test_fetch_official_from_local_file_extracts_once(tmp_path):
     archive = tmp_path / "VOCtrainval_11-May-2012.tar"
     with tarfile.open(archive, "w") as tf:
         tf.add(voc / "VOCdevkit", arcname="VOCdevkit")
-    a = prep.Archive(url=str(archive), md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    a = downloads.Archive(url=str(archive), md5=hashlib.md5(archive.read_bytes()).hexdigest())
     src = tmp_path / "downloaded"
-    prep.fetch_official("voc", src, archives=[a], progress=False)
+    downloads.fetch_official("voc", src, archives=[a], progress=False)
     assert (src / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").is_file()
     assert (src / f".extracted-{archive.name}").is_file()
-    prep.fetch_official("voc", src, archives=[a], progress=False)  # no-op
+    downloads.fetch_official("voc", src, archives=[a], progress=False)  # no-op
     with pytest.raises(prep.PreparationError, match="login"):
-        prep.fetch_official("cityscapes", src)
+        downloads.fetch_official("cityscapes", src)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.warns(DatasetCountWarning):
@@ -409,7 +520,7 @@ def test_fetch_official_from_local_file_extracts_once(tmp_path):
 
 
 def test_official_archive_table():
-    voc = prep.OFFICIAL_ARCHIVES["voc"][0]
+    voc = downloads.OFFICIAL_ARCHIVES["voc"][0]
     assert voc.url == "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
     assert voc.md5 == "6cd6e144f989b92b3379bac3b3de84fd"
-    assert set(prep.OFFICIAL_ARCHIVES) == set(prep.DATASETS)
+    assert set(downloads.OFFICIAL_ARCHIVES) == set(prep.PREPARERS)
