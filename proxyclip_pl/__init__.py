@@ -5,20 +5,50 @@ The methods are plain PyTorch (:class:`ProxyCLIP`, :class:`MaskCLIP`, :class:`CL
 """
 __version__ = "0.1.0"
 
-from .factory import (
-    CLIP_MODELS,
-    VFM_MODELS,
-    WeightsNotFoundError,
-    build_clip,
-    build_proxyclip,
-    build_segmenter,
-    build_vfm,
-)
-from .methods import NACLIP, SCLIP, ClearCLIP
-from .model import ATTENTIONS, CLIP, MaskCLIP, ProxyCLIP
-from .native_protocols import NATIVE_PROTOCOLS, PROXYCLIP_PROTOCOLS, Protocol, protocol_for
-from .segmenter import Segmenter, protocol_kwargs
-from .vocabulary import flatten_vocabulary, load_vocabulary, parse_vocabulary
+import importlib
+from typing import TYPE_CHECKING
+
+# Names are imported on first use, so that ``proxyclip_pl.cli`` and the light commands (proxyclip-prepare)
+# start without importing torch, open_clip and timm.
+_SUBMODULE_OF = {
+    "CLIP_MODELS": "factory", "VFM_MODELS": "factory", "WeightsNotFoundError": "factory", "build_clip": "factory",
+    "build_proxyclip": "factory", "build_segmenter": "factory", "build_vfm": "factory",
+    "NACLIP": "methods", "SCLIP": "methods", "ClearCLIP": "methods",
+    "ATTENTIONS": "model", "CLIP": "model", "MaskCLIP": "model", "ProxyCLIP": "model",
+    "NATIVE_PROTOCOLS": "native_protocols", "PROXYCLIP_PROTOCOLS": "native_protocols", "Protocol": "native_protocols",
+    "protocol_for": "native_protocols",
+    "Segmenter": "segmenter", "protocol_kwargs": "segmenter",
+    "flatten_vocabulary": "vocabulary", "load_vocabulary": "vocabulary", "parse_vocabulary": "vocabulary",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULE_OF:
+        value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_SUBMODULE_OF))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .factory import (
+        CLIP_MODELS,
+        VFM_MODELS,
+        WeightsNotFoundError,
+        build_clip,
+        build_proxyclip,
+        build_segmenter,
+        build_vfm,
+    )
+    from .methods import NACLIP, SCLIP, ClearCLIP
+    from .model import ATTENTIONS, CLIP, MaskCLIP, ProxyCLIP
+    from .native_protocols import NATIVE_PROTOCOLS, PROXYCLIP_PROTOCOLS, Protocol, protocol_for
+    from .segmenter import Segmenter, protocol_kwargs
+    from .vocabulary import flatten_vocabulary, load_vocabulary, parse_vocabulary
 
 __all__ = [
     "ATTENTIONS",

@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by ``scripts/segment.py`` and ``scripts/test.py``."""
+"""Command-line plumbing shared by the commands (:mod:`proxyclip_pl.commands`)."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +7,11 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from .factory import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED
-
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model flags both scripts share (defaults: the paper's ViT-B/16 OpenAI + DINO ViT-B/8)."""
+    """The model flags the model commands share (defaults: the paper's ViT-B/16 OpenAI + DINO ViT-B/8)."""
+    from .factory import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED  # here: run_cli's users need no torch
+
     g = parser.add_argument_group("model")
     g.add_argument("--clip", default=DEFAULT_CLIP, help="open_clip model name or model-config JSON (default: %(default)s)")
     g.add_argument("--clip-weights", default=None, help="pretrained tag, checkpoint path or 'random' (default: the preset's tag, 'openai')")

@@ -32,8 +32,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 PROBE_MARKER = "BENCH_TEXT_PROBE "
@@ -69,7 +67,9 @@ def vocabulary_path(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    key = ROOT / "datamodules" / "vocab" / f"{name}.txt"
+    from datamodules.presets import VOCAB_DIR
+
+    key = VOCAB_DIR / f"{name}.txt"
     if key.is_file():
         return key
     raise SystemExit(f"vocabulary {name!r} is neither a file nor a key of datamodules/vocab/")
@@ -139,7 +139,7 @@ def run_probe(args: argparse.Namespace, path: str, out: Path) -> dict:
     for flag, value in (("--queries", args.queries), ("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None:
             argv += [flag, str(value)]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=str(ROOT))
+    proc = subprocess.run(argv, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(PROBE_MARKER):
             return json.loads(line[len(PROBE_MARKER):])

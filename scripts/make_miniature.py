@@ -9,13 +9,10 @@ datasets or weights (with configs/tiny_*.json and random weights). The numbers m
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules import BENCHMARKS  # noqa: E402
-from datamodules.synthetic import make_fake_benchmark  # noqa: E402
+from datamodules import BENCHMARKS
+from datamodules.synthetic import make_fake_benchmark
 
 
 def main() -> None:

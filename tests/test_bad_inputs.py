@@ -9,7 +9,6 @@ scale (see ``SMALL``), except the size rows, which use the default 336 scale tha
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from datamodules import DataFileError, MissingFileError, build_datamodule, read_
 from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl import ProxyCLIP, build_proxyclip
 from proxyclip_pl.commands import evaluate as test_script
+from proxyclip_pl.commands import segment
 from proxyclip_pl.cli import run_cli
 from proxyclip_pl.vocabulary import flatten_vocabulary, load_vocabulary
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
@@ -35,17 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = ROOT.parent / "shared" / "testimages"
 VOCAB_DIR = ROOT / "datamodules" / "vocab"
 
-
-def _load_script(name: str):
-    """scripts/<name>.py as a module (``import test`` could find the standard library's package)."""
-    spec = importlib.util.spec_from_file_location(f"bad_inputs_{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-segment = _load_script("segment")
 
 EXIF_ORIENTATION = 0x0112
 #: A small test scale: short side 56, and 224-pixel windows without overlap, so that a 24x40 image is one

@@ -80,8 +80,8 @@ def test_a_model_built_from_towers_on_a_device_keeps_its_buffers_there(flags):
 @pytest.mark.slow
 def test_segment_script_builds_on_the_requested_device(flags, monkeypatch, tmp_path):
     import proxyclip_pl
+    from proxyclip_pl.commands import segment
 
-    segment = load_script("segment")
     built = {}
 
     class Built(Exception):

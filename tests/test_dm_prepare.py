@@ -2,7 +2,6 @@
 
 import hashlib
 import http.server
-import importlib.util
 import inspect
 import json
 import subprocess
@@ -22,19 +21,9 @@ from datamodules import prepare as prep
 from datamodules.rle import decode_rle, rle_string_to_counts
 from datamodules.synthetic import random_image, save_image, save_label, voc_palette  # noqa: F401
 from proxyclip_pl.cli import run_cli
+from proxyclip_pl.commands import prepare as prepare_data
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load_prepare_script():
-    """scripts/prepare_data.py as a module."""
-    spec = importlib.util.spec_from_file_location("prepare_data_script", REPO / "scripts" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_data = _load_prepare_script()
 
 
 def _run_prepare_cli(argv, capsys) -> tuple[int, str]:
@@ -371,7 +360,7 @@ def test_prepare_voc_incomplete_layout_names_missing_file(tmp_path):
         prep.prepare_voc(src, tmp_path / "dst", progress=False)
 
 
-# ---------------------------------------------------------------- CLI (scripts/prepare_data.py)
+# ------------------------------------------ CLI (proxyclip-prepare = scripts/prepare_data.py)
 def test_every_dataset_key_has_a_preparer_with_the_common_interface():
     assert tuple(prep.PREPARERS) == ("voc", "context", "coco_stuff", "coco_object", "cityscapes", "ade20k",
                                      "ade847", "context459")

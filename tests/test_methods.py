@@ -7,7 +7,6 @@ random open_clip ViT.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -393,9 +392,8 @@ def test_plugin_method_from_the_docs_example_one_and_two_processes(bench):
 def test_segment_script_takes_a_method(tmp_path, method):
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("script_segment_methods", ROOT / "scripts" / "segment.py")
-    segment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(segment)
+    from proxyclip_pl.commands import segment
+
     image = tmp_path / "x.png"
     Image.fromarray((rand_images((40, 50, 3), seed=3).numpy() * 255).astype(np.uint8)).save(image)
     argv = [str(image), "--classes", "cat", "dog", "--out", str(tmp_path / "o.png"), "--labels-out",

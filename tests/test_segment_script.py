@@ -1,4 +1,4 @@
-"""scripts/segment.py: any Pillow-readable image, overlay + label map, one-line errors."""
+"""proxyclip-segment (scripts/segment.py): any Pillow-readable image, overlay + label map, one-line errors."""
 from __future__ import annotations
 
 import io
@@ -12,13 +12,12 @@ from PIL import Image
 
 from datamodules.io import read_image
 from proxyclip_pl import build_proxyclip
+from proxyclip_pl.commands import segment
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "segment.py"
 HORSES = ROOT.parent / "shared" / "testimages" / "horses.png"
-sys.path.insert(0, str(ROOT / "scripts"))
-import segment  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
 """The command-line programs (console entry points ``proxyclip-*``; ``scripts/*.py`` run the same code).
 
 * :mod:`.evaluate`: ``proxyclip-test`` / ``python scripts/test.py``: benchmark evaluation on any number of devices.
+* :mod:`.segment`: ``proxyclip-segment`` / ``python scripts/segment.py``: one image, free-form class names.
+* :mod:`.prepare`: ``proxyclip-prepare`` / ``python scripts/prepare_data.py``: a benchmark from its official download.
 """

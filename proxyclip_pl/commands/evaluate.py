@@ -41,7 +41,8 @@ EXTRA_BENCHMARKS = list(EXTRA_DATASETS)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="proxyclip-test", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True,
                    help=f"benchmark key ({', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}), 'all' (the first eight), "
                    "a dataset card path/to/dataset.json (any user dataset; see docs/datasets_extra.md), or a "

@@ -1,0 +1,141 @@
+"""Segment one image with ProxyCLIP (or another method) and free-form class names.
+
+    proxyclip-segment photo.jpg --classes "cat; kitten" "dog" --background "sky; wall; floor" \
+        --prob-thd 0.2 --out overlay.png --labels-out labels.png
+    proxyclip-segment photo.jpg --classes cat dog --method naclip --pamr-steps 10 --out overlay.png
+
+``python scripts/segment.py ...`` runs the same. ``--method``: proxyclip (default), maskclip, clip, sclip,
+naclip, clearclip or ``module:factory`` (called as ``factory(vocabulary=..., protocol=...)``, see
+proxyclip-test). Windows: --short-side/--crop/--stride (default 336/336/112 for proxyclip, maskclip and
+clip, 336/224/112 otherwise; --crop 0 = whole image).
+
+Class ids: with --background, 0 is the background and the --classes follow from 1; without it the
+--classes are 0..N-1. Synonyms are separated by '; '.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+from proxyclip_pl.cli import add_model_arguments, model_kwargs, run_cli
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="proxyclip-segment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", help="any image file Pillow reads (EXIF orientation is applied)")
+    p.add_argument("--classes", nargs="+", required=True, help="one argument per class, synonyms separated by '; '")
+    p.add_argument("--background", default=None, help="background synonyms ('; '-separated): becomes class 0")
+    p.add_argument("--prob-thd", type=float, default=0.0, help="pixels below this probability become background")
+    p.add_argument("--out", required=True, help="overlay PNG with a legend")
+    p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
+    p.add_argument("--method", default="proxyclip", help="proxyclip, maskclip, clip, sclip, naclip, clearclip or module:factory")
+    p.add_argument("--short-side", type=int, default=None, help="default 336")
+    p.add_argument("--crop", type=int, default=None, help="default 336 (proxyclip, maskclip, clip) or 224; 0: whole image")
+    p.add_argument("--stride", type=int, default=None, help="default 112")
+    p.add_argument("--logit-scale", type=float, default=40.0)
+    p.add_argument("--area-thd", type=float, default=None, help="SCLIP's foreground-area filter (default: off)")
+    p.add_argument("--pamr-steps", type=int, default=0, help="PAMR steps (default: off)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    add_model_arguments(p)
+    return p.parse_args(argv)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_output(path: str, flag: str) -> None:
+    """Fail early, naming the path, if ``path`` cannot be written as an image by PIL.
+
+    os.access is the check for ordinary users; root passes it even for read-only folders, which
+    then fail at save time with PermissionError (also one line through ``run_cli``).
+    """
+    from PIL import Image
+
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise IsADirectoryError(f"{flag} {target} is a folder; give a file name such as {target / 'out.png'}")
+    if not folder.exists():
+        raise FileNotFoundError(f"{flag} {target}: output folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{flag} {target}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {target}: output folder {folder} is not writable")
+    if Image.registered_extensions().get(target.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"{flag} {target}: unknown image extension {target.suffix!r}; use e.g. .png")
+
+
+def build_model(args: argparse.Namespace, vocabulary):
+    """The segmenter of ``--method`` with the window / threshold flags."""
+    import proxyclip_pl
+    from proxyclip_pl.native_protocols import BUILTIN_METHODS, Protocol
+
+    own = args.method in ("proxyclip", "maskclip", "clip")
+    short_side = args.short_side or 336
+    crop = args.crop if args.crop is not None else (336 if own else 224)
+    stride = args.stride or 112
+    if args.method == "proxyclip":
+        return proxyclip_pl.build_proxyclip(
+            vocabulary, prob_thd=args.prob_thd, short_side=short_side, slide_crop=crop, slide_stride=stride,
+            logit_scale=args.logit_scale, area_thd=args.area_thd, pamr_steps=args.pamr_steps, device=args.device,
+            **model_kwargs(args),
+        )
+    protocol = Protocol(short_side, max(2048, short_side), crop, stride, args.logit_scale, args.prob_thd, args.area_thd,
+                        args.pamr_steps)
+    if args.method not in BUILTIN_METHODS:
+        from proxyclip_pl.cli import load_plugin
+
+        return load_plugin(args.method)(vocabulary=vocabulary, protocol=protocol).to(args.device)
+    kwargs = model_kwargs(args)
+    if kwargs.pop("attention") != "proxy":
+        raise ValueError(f"--attention is a ProxyCLIP option; --method {args.method} has none")
+    kwargs.pop("vfm"), kwargs.pop("vfm_weights")
+    return proxyclip_pl.build_segmenter(args.method, vocabulary, protocol, device=args.device, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from datamodules.io import read_image
+    from proxyclip_pl.visualize import add_legend, overlay
+    from proxyclip_pl.vocabulary import parse_vocabulary
+
+    lines = ([args.background] if args.background else []) + list(args.classes)
+    if any(len(line.splitlines()) != 1 or not line.strip() for line in lines):
+        raise ValueError("every --classes / --background entry needs at least one name (and no line break)")
+    source = "class list (--background first, then --classes; one entry per line)"
+    vocabulary = parse_vocabulary("\n".join(lines), source=source)
+    if args.prob_thd > 0 and not args.background:
+        raise ValueError("--prob-thd needs --background: low-confidence pixels go to the background class 0")
+    image = read_image(args.image)
+    # Before the model runs, so that a bad output path costs nothing.
+    check_output(args.out, "--out")
+    if args.labels_out:
+        check_output(args.labels_out, "--labels-out")
+
+    model = build_model(args, vocabulary)
+    labels = model.predict(image).cpu().numpy().astype("uint8")
+
+    from PIL import Image
+
+    names = [names[0] for names in vocabulary]
+    add_legend(overlay(image, labels), labels, names).save(args.out)
+    if args.labels_out:
+        Image.fromarray(labels, mode="L").save(args.labels_out)
+    counts = {names[c]: int((labels == c).sum()) for c in range(len(names))}
+    print(" ".join(f"{name}={n}" for name, n in counts.items() if n))
+    return 0
+
+
+def cli() -> None:
+    """Console entry point ``proxyclip-segment`` (and ``python scripts/segment.py``)."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,80 @@
+"""Console entry points (pyproject ``[project.scripts]``) and their ``scripts/*.py`` launchers.
+
+Each ``proxyclip-*`` program is installed, runs, names itself in its usage line, and prints the same
+``--help`` as ``python scripts/<name>.py --help``; no script in scripts/ edits ``sys.path`` (the
+package is installed: ``pip install -e ".[test]"``).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: console script -> (its module in proxyclip_pl.commands, its launcher in scripts/)
+PROGRAMS = {
+    "proxyclip-test": ("evaluate", "test.py"),
+    "proxyclip-segment": ("segment", "segment.py"),
+    "proxyclip-prepare": ("prepare", "prepare_data.py"),
+}
+
+
+def declared_scripts() -> dict[str, str]:
+    """``[project.scripts]`` of pyproject.toml (name -> ``module:function``)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]+)"', section, flags=re.M))
+
+
+def test_every_program_is_declared_and_installed():
+    declared = declared_scripts()
+    assert declared == {name: f"proxyclip_pl.commands.{module}:cli" for name, (module, _) in PROGRAMS.items()}
+    installed = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.name in declared}
+    assert installed == declared, 'the installed entry points are stale: run pip install -e ".[test]"'
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_launcher_runs_the_entry_point(name):
+    module, launcher = PROGRAMS[name]
+    source = (ROOT / "scripts" / launcher).read_text()
+    assert f"from proxyclip_pl.commands.{module} import cli\n" in source
+    assert 'if __name__ == "__main__":\n    cli()\n' in source
+
+
+@pytest.mark.parametrize("script", [
+    pytest.param(p.name, marks=pytest.mark.xfail(strict=True, reason="moved to proxyclip_pl.commands last"))
+    if p.name == "benchmark.py" else p.name for p in sorted((ROOT / "scripts").glob("*.py"))])
+def test_scripts_do_not_edit_sys_path(script):
+    assert "sys.path" not in (ROOT / "scripts" / script).read_text()
+
+
+def program_path(name: str) -> str:
+    """The installed console script next to this interpreter (the venv's bin/)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed next to {sys.executable}: run pip install -e \".[test]\"")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_programs_print_their_help_like_their_scripts():
+    commands = {}
+    for name, (_, launcher) in PROGRAMS.items():
+        commands[name, "entry point"] = [program_path(name), "--help"]
+        commands[name, "script"] = [sys.executable, str(ROOT / "scripts" / launcher), "--help"]
+    # Started together: each spends seconds importing torch.
+    procs = {key: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for key, argv in commands.items()}
+    results = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        results[key] = (proc.returncode, out, err)
+    for name in PROGRAMS:
+        code, out, err = results[name, "entry point"]
+        assert code == 0, (name, err)
+        assert out.startswith(f"usage: {name} "), (name, out[:200])
+        assert results[name, "script"] == (0, out, err), name
