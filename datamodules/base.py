@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from .custom import check_samples
 from .dataset import (DatasetLayoutError, SegmentationTestDataset, _layout_error,
                       build_sample_list, list_collate)
 from .presets import BenchmarkPreset
@@ -42,7 +43,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def __init__(self, preset: BenchmarkPreset | None = None, data_root: str | os.PathLike | None = None,
                  batch_size: int = 1, num_workers: int = 2, pin_memory: bool = False,
-                 long_cap: int = 2048) -> None:
+                 long_side_cap: int = 2048) -> None:
         super().__init__()
         preset = preset if preset is not None else type(self).preset
         if preset is None:
@@ -54,7 +55,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
-        self.long_cap = int(long_cap)
+        self.long_side_cap = int(long_side_cap)
         self.test_dataset: SegmentationTestDataset | None = None
 
     # ---- metadata -----------------------------------------------------------------
@@ -111,8 +112,6 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _verify_custom(self, samples):
         """A user dataset: every label decoded, the first problems of each kind listed with file names."""
-        from .custom import check_samples
-
         dataset = SegmentationTestDataset(self.preset, self.data_root, transform=lambda image: {"image": image},
                                           samples=samples)
         problems = check_samples(dataset)
@@ -126,7 +125,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             samples = self.verify()
             self.test_dataset = SegmentationTestDataset(
                 self.preset, self.data_root,
-                transform=build_test_transform(self.preset.short_side, self.long_cap),
+                transform=build_test_transform(self.preset.short_side, self.long_side_cap),
                 samples=samples)
 
     # ---- loaders ----------------------------------------------------------------------

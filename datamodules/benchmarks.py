@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .base import SegmentationDataModule
+from .custom import CARD_KEYS, DatasetCardError, custom_preset, read_card
 from .presets import BENCHMARKS, BenchmarkPreset
 
 
@@ -57,14 +58,12 @@ DATAMODULES: dict[str, type[SegmentationDataModule]] = {
                 ADE847DataModule, Context459DataModule)
 }
 
-_DM_KWARGS = {"pin_memory", "long_cap"}
+_DM_KWARGS = {"pin_memory", "long_side_cap"}
 _PRESET_FIELDS = {f.name for f in dataclasses.fields(BenchmarkPreset)} - {"key"}
 
 
 def _build_custom(name: str, data_root, batch_size: int, num_workers: int,
                   overrides: dict[str, Any]) -> SegmentationDataModule:
-    from .custom import CARD_KEYS, DatasetCardError, custom_preset, read_card
-
     dm_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in _DM_KWARGS}
     if name != "custom":  # a dataset card; keyword arguments override its keys
         spec = read_card(name)
@@ -90,7 +89,7 @@ def build_datamodule(name: str, data_root: str | os.PathLike | None = None, batc
     """Datamodule for benchmark ``name`` (a key of ``BENCHMARKS``), ``"custom"`` (a user dataset described
     by keyword arguments, see :func:`datamodules.custom.custom_preset`) or the path of a JSON dataset card.
 
-    ``overrides`` may hold datamodule options (``pin_memory``, ``long_cap``) or preset
+    ``overrides`` may hold datamodule options (``pin_memory``, ``long_side_cap``) or preset
     fields to change (e.g. ``short_side=448``), which yields a modified frozen preset.
     """
     name = os.fspath(name)

@@ -1,7 +1,7 @@
 """Test-time transforms: the mmcv short-side rescale rule and the label LUTs.
 
-Resize rule (docs/method_notes.md, 'Test-time resize'): ``sf = min(long_cap / max(h, w), short_side / min(h, w))``,
-new size ``int(x * sf + 0.5)``, OpenCV ``INTER_LINEAR`` on uint8; upscaling included.
+Resize rule (docs/method_notes.md, 'Test-time resize'): ``sf = min(long_side_cap / max(h, w), short_side /
+min(h, w))``, new size ``int(x * sf + 0.5)``, OpenCV ``INTER_LINEAR`` on uint8; upscaling included.
 Labels are never resized.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
+from .resize import resize_short_side
+
 # albumentations pings PyPI on import unless told not to; evaluation must never touch the network.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .resize import rescale_size, resize_short_side  # noqa: E402,F401  (re-exported)
+import albumentations as A  # noqa: E402  (after the line above)
 
 IGNORE_INDEX = 255
 
@@ -23,21 +23,21 @@ IGNORE_INDEX = 255
 class ResizeShortSide(A.ImageOnlyTransform):
     """albumentations transform applying :func:`resize_short_side` to the image only."""
 
-    def __init__(self, short_side: int, long_cap: int = 2048, p: float = 1.0):
+    def __init__(self, short_side: int, long_side_cap: int = 2048, p: float = 1.0):
         super().__init__(p=p)
         self.short_side = int(short_side)
-        self.long_cap = int(long_cap)
+        self.long_side_cap = int(long_side_cap)
 
     def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        return resize_short_side(img, self.short_side, self.long_cap)
+        return resize_short_side(img, self.short_side, self.long_side_cap)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("short_side", "long_cap")
+        return ("short_side", "long_side_cap")
 
 
-def build_test_transform(short_side: int, long_cap: int = 2048) -> A.Compose:
+def build_test_transform(short_side: int, long_side_cap: int = 2048) -> A.Compose:
     """Image-only test pipeline; masks are deliberately not passed through it."""
-    return A.Compose([ResizeShortSide(short_side, long_cap, p=1.0)])
+    return A.Compose([ResizeShortSide(short_side, long_side_cap, p=1.0)])
 
 
 def label_lut(reduce_zero_label: bool, bits: int = 8) -> np.ndarray:

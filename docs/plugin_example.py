@@ -15,9 +15,9 @@ from proxyclip_pl.correlative_attention import last_block_heads, merge_heads
 
 
 class ValueValueCLIP(Segmenter):
-    def dense_embeddings(self, crops):
+    def dense_embeddings(self, windows):
         visual = self.clip.visual
-        tokens, grid = self.tokens(self.normalize_input(crops))  # [B, 1 + gh*gw, D] entering the last block
+        tokens, grid = self.tokens(self.normalize_input(windows))  # [B, 1 + gh*gw, D] entering the last block
         _, _, v = last_block_heads(visual, tokens)  # [B, heads, L, D / heads]
         z = visual.transformer.resblocks[-1].attn.out_proj(merge_heads(F.scaled_dot_product_attention(v, v, v)))
         return visual.ln_post(z[:, 1:]) @ visual.proj, grid  # [B, gh*gw, d], (gh, gw)

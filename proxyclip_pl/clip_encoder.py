@@ -70,7 +70,7 @@ def tokens_before_last_block(
     """Patch-embed, add the interpolated positional embedding, ``ln_pre``, blocks 0..L-2.
 
     Args:
-        x: [B, 3, h, w] CLIP-normalised crops; h, w are floored to multiples of the patch size.
+        x: [B, 3, h, w] CLIP-normalised windows; h, w are floored to multiples of the patch size.
         pos_embed_rule: ``(table [1 + s*s, D], gh, gw) -> [1 + gh*gw, D]``; default ProxyCLIP's DINO rule
             (:func:`interpolate_pos_embed_dino`).
     Returns:

@@ -73,7 +73,7 @@ def official_tokens_before_last_block(visual: nn.Module, x: torch.Tensor) -> tup
 
     Args:
         visual: open_clip ``VisionTransformer``.
-        x: [B, 3, h, w] normalised crops; the grid is (h // p, w // p) (conv floors).
+        x: [B, 3, h, w] normalised windows; the grid is (h // p, w // p) (conv floors).
     Returns:
         tokens [B, 1 + gh*gw, D] (batch-first, class token first, patches row-major) and (gh, gw).
     """

@@ -47,8 +47,8 @@ class SCLIP(_OfficialCLIPMethod):
 
     method = "sclip"
 
-    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        tokens, grid = self.tokens(self.normalize_input(crops))
+    def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens, grid = self.tokens(self.normalize_input(windows))
         return sclip_embeddings(self.clip.visual, tokens, grid), grid
 
 
@@ -78,8 +78,8 @@ class NACLIP(_OfficialCLIPMethod):
         super().__init__(clip_model, vocabulary, **kwargs)
         self.arch, self.attn_strategy, self.gaussian_std = arch, attn_strategy, float(gaussian_std)
 
-    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        tokens, grid = self.tokens(self.normalize_input(crops))
+    def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens, grid = self.tokens(self.normalize_input(windows))
         return naclip_embeddings(self.clip.visual, tokens, grid, self.gaussian_std), grid
 
 
@@ -90,6 +90,6 @@ class ClearCLIP(_OfficialCLIPMethod):
     method = "clearclip"
     pad_multiple = 16
 
-    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        tokens, grid = self.tokens(self.normalize_input(crops))
+    def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens, grid = self.tokens(self.normalize_input(windows))
         return clearclip_embeddings(self.clip.visual, tokens, grid), grid

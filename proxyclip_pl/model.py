@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.io import array_to_rgb_uint8 as to_rgb_uint8  # noqa: F401  (gray/RGBA/16-bit inputs)
-
 from .clip_encoder import (
     last_block_values,
     maskclip_embeddings,
@@ -33,21 +31,21 @@ ATTENTIONS = ("proxy", "vfm", "maskclip", "clip")
 
 class _ProxyCLIPGeometry(Segmenter):
     """ProxyCLIP's window geometry, shared with its no-VFM baselines: windows padded to a multiple of 56
-    in the sliding window, ``crop_logits`` unpadded, ProxyCLIP's positional rule, CLIP's mean/std."""
+    in the sliding window, ``window_logits`` unpadded, ProxyCLIP's positional rule, CLIP's mean/std."""
 
     pad_multiple = 56
 
     @torch.no_grad()
-    def crop_logits(self, crops: torch.Tensor) -> torch.Tensor:
+    def window_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Raw cosine logits of a batch of windows.
 
         Args:
-            crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
+            windows: [B, 3, h, w] RGB in [0, 1] (not normalised).
         Returns:
             [B, Q, h, w] cosine similarities (dtype of the text embeddings, float32 by default), bilinearly
             upsampled from the feature grid (no padding).
         """
-        return F.interpolate(self.grid_logits(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.grid_logits(windows), size=windows.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class ProxyCLIP(_ProxyCLIPGeometry):
@@ -62,14 +60,16 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         beta, gamma: proxy-attention shift and inverse temperature (> 0).
         logit_scale: multiplies the cosine logits before the softmax.
         prob_thd: pixels whose best class probability is below it become class 0.
-        slide_crop, slide_stride: sliding-window size and step (0 < stride <= crop).
+        slide_crop, slide_stride: window side and step (0 < slide_stride <= slide_crop; the official config
+            keys, see :class:`~proxyclip_pl.native_protocols.Protocol`).
         short_side: test-time resize of ``predict``: short side to this, long side capped at 2048.
         window_batch_size: windows per encoder call (memory bound; results do not depend on it). Default:
             8 on a GPU, where batching fills the device; 1 on CPU, where a single window already saturates
             the cores and larger batches only raise the peak memory (resolved at run time, after any ``.to()``).
         attention: one of :data:`ATTENTIONS`.
-        normalize, mask: ablations of the proxy attention (paper Table 4): without normalisation the
-            logits are the raw cosine similarities (no shift, gamma = 1); without mask no key is dropped.
+        shift_scale, mask: ablations of the proxy attention (paper Table 4, 'normalisation' and 'mask'):
+            without the shift by ``beta`` x the mean similarity and the scaling by ``gamma`` the attention
+            logits are the raw cosine similarities; without the mask no key is dropped.
         tokenizer: open_clip tokenizer; defaults to open_clip's BPE tokenizer with the model's context.
         text_embeddings: precomputed [Q, d] embeddings (e.g. from a cache) instead of encoding prompts.
         area_thd, pamr_steps: optional post-processing of the common core (off in ProxyCLIP's protocol),
@@ -94,7 +94,7 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         *,
         window_batch_size: int | None = None,
         attention: str = "proxy",
-        normalize: bool = True,
+        shift_scale: bool = True,
         mask: bool = True,
         long_side_cap: int = 2048,
         tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
@@ -120,20 +120,20 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         self.vfm = vfm_model.eval().requires_grad_(False) if vfm_model is not None else None
         self.vfm_kind = vfm_kind
         self.beta, self.gamma = float(beta), float(gamma)
-        self.attention, self.normalize, self.mask = attention, bool(normalize), bool(mask)
+        self.attention, self.shift_scale, self.mask = attention, bool(shift_scale), bool(mask)
 
     # ----------------------------------------------------------------------------------- windows
-    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-token image embeddings of a batch of windows.
 
         Args:
-            crops: [B, 3, h, w] RGB in [0, 1].
+            windows: [B, 3, h, w] RGB in [0, 1].
         Returns:
             [B, N, d] embeddings (not normalised) and their grid (H, W), N = H*W: the VFM grid for
             ``proxy``/``vfm``, the CLIP grid (h//p, w//p) for the baselines.
         """
         visual = self.clip.visual
-        tokens, clip_grid = self.tokens(self.normalize_input(crops))
+        tokens, clip_grid = self.tokens(self.normalize_input(windows))
         if self.attention == "maskclip":
             return maskclip_embeddings(visual, tokens), clip_grid
         if self.attention == "clip":
@@ -142,11 +142,11 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         values = last_block_values(visual, tokens)[:, 1:]
         batch, width = values.shape[0], values.shape[-1]
         if self.attention == "proxy":
-            features = vfm_features(self.vfm, self.vfm_kind, crops, self.slide_crop)
+            features = vfm_features(self.vfm, self.vfm_kind, windows, self.slide_crop)
             grid = tuple(features.shape[-2:])
-            attn = proxy_attention(features.flatten(2).transpose(1, 2), self.beta, self.gamma, self.normalize, self.mask)
+            attn = proxy_attention(features.flatten(2).transpose(1, 2), self.beta, self.gamma, self.shift_scale, self.mask)
         else:
-            attn, grid = vfm_raw_attention(self.vfm, self.vfm_kind, crops, self.slide_crop)
+            attn, grid = vfm_raw_attention(self.vfm, self.vfm_kind, windows, self.slide_crop)
         values = values.transpose(1, 2).reshape(batch, width, *clip_grid)
         values = F.interpolate(values, size=grid, mode="bilinear", align_corners=False)
         values = values.flatten(2).transpose(1, 2)
@@ -167,8 +167,8 @@ class MaskCLIP(_ProxyCLIPGeometry):
         super().__init__(clip_model, vocabulary, slide_crop=slide_crop, slide_stride=slide_stride,
                          short_side=short_side, **kwargs)
 
-    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        tokens, grid = self.tokens(self.normalize_input(crops))
+    def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens, grid = self.tokens(self.normalize_input(windows))
         return maskclip_embeddings(self.clip.visual, tokens), grid
 
 
@@ -178,6 +178,6 @@ class CLIP(MaskCLIP):
 
     method = "clip"
 
-    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        tokens, grid = self.tokens(self.normalize_input(crops))
+    def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        tokens, grid = self.tokens(self.normalize_input(windows))
         return vanilla_embeddings(self.clip.visual, tokens), grid

@@ -44,8 +44,10 @@ class Protocol:
     Attributes:
         short_side: test resize short side S (mmcv ``Resize(scale=(long_side_cap, S), keep_ratio=True)``).
         long_side_cap: the long side is capped at this.
-        slide_crop: sliding-window side; 0 = whole image, no windows.
-        slide_stride: window step (unused when ``slide_crop == 0``).
+        slide_crop: window side (the official config key ``slide_crop``; the dataset presets'
+            ``crop_size``; the commands' ``--crop``): the sliding window's unit is a *window* of this side;
+            0 = whole image, no windows.
+        slide_stride: window step (official ``slide_stride``; unused when ``slide_crop == 0``).
         logit_scale: multiplies the cosine logits before the softmax over queries.
         prob_thd: pixels whose best class probability is below it become class 0.
         area_thd: SCLIP's foreground area filter (see

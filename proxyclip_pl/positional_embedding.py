@@ -5,7 +5,7 @@ Three rules are in use and they are *not* interchangeable (differences of ~0.3 o
 * DINO v1 rule (CLIP and DINO v1): bicubic with ``scale_factor = ((gh + 0.1) / s, (gw + 0.1) / s)``,
   ``align_corners=False``, no antialias. The +0.1 keeps ``floor(s * sf) == g`` while the sampling
   positions follow the scale factor, exactly as DINO's ``interpolate_pos_encoding``.
-* size rule without antialias (MAE checkpoints resized once to the crop grid).
+* size rule without antialias (MAE checkpoints resized once to the window grid).
 * size rule with antialias (DINOv2 with registers; timm's ``resample_abs_pos_embed``).
 """
 from __future__ import annotations

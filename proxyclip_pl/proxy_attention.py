@@ -32,7 +32,7 @@ def proxy_attention_logits(
     similarity: torch.Tensor,
     beta: float,
     gamma: float,
-    normalize: bool = True,
+    shift_scale: bool = True,
     mask: bool = True,
     inplace: bool = False,
 ) -> torch.Tensor:
@@ -40,7 +40,8 @@ def proxy_attention_logits(
 
     Args:
         similarity: [B, N, N] cosine similarities of one window per batch entry.
-        normalize: shift by ``beta * mu`` (mu per window) and scale by ``gamma``; off: logits = S.
+        shift_scale: shift by ``beta * mu`` (mu per window) and scale by ``gamma`` (the paper's
+            'normalisation'); off: logits = S.
         mask: set negative logits to -inf (strict ``<``). A row whose every entry would be masked
             (e.g. a uniform image: S == 1, mu == 1 > 1/beta) keeps its unmasked logits instead, so the
             softmax stays finite; every other row is unchanged.
@@ -49,7 +50,7 @@ def proxy_attention_logits(
         [B, N, N] logits with -inf at masked keys.
     """
     logits = similarity if inplace else similarity.clone()
-    if normalize:
+    if shift_scale:
         mu = logits.mean(dim=(1, 2), keepdim=True)
         logits.sub_(beta * mu).mul_(gamma)
     if mask:
@@ -60,8 +61,8 @@ def proxy_attention_logits(
 
 
 def proxy_attention(
-    features: torch.Tensor, beta: float = 1.2, gamma: float = 3.0, normalize: bool = True, mask: bool = True
+    features: torch.Tensor, beta: float = 1.2, gamma: float = 3.0, shift_scale: bool = True, mask: bool = True
 ) -> torch.Tensor:
     """Row-stochastic proxy attention [B, N, N] (fp32) from VFM tokens [B, N, C] (see module docstring)."""
-    logits = proxy_attention_logits(cosine_similarity_matrix(features), beta, gamma, normalize, mask, inplace=True)
+    logits = proxy_attention_logits(cosine_similarity_matrix(features), beta, gamma, shift_scale, mask, inplace=True)
     return logits.softmax(dim=-1)

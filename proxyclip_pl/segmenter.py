@@ -1,7 +1,7 @@
 """The segmenter core shared by every method (ProxyCLIP, the CLIP baselines, SCLIP, NACLIP, ClearCLIP, yours).
 
 A method supplies only its dense window embeddings, :meth:`Segmenter.dense_embeddings`
-(``crops [B, 3, h, w] in [0, 1] -> ([B, N, d], grid)``), plus, where it differs, three class attributes:
+(``windows [B, 3, h, w] in [0, 1] -> ([B, N, d], grid)``), plus, where it differs, three class attributes:
 
 * ``mean`` / ``std``: input normalisation (RGB, [0, 1] units);
 * ``pad_multiple``: windows are padded (with the mean colour, i.e. zero after normalisation, split
@@ -21,11 +21,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from datamodules.io import array_to_rgb_uint8 as to_rgb_uint8
+from datamodules.resize import resize_short_side
 
 from .clip_encoder import CLIP_MEAN, CLIP_STD, check_clip_visual, tokens_before_last_block
 from .correlative_attention import sclip_labels
@@ -34,7 +36,7 @@ from .pamr import PAMR_DILATIONS, pamr
 from .postprocess import logits_to_labels
 from .precision import autocast_off
 from .sliding_window import sliding_window_logits, symmetric_padding
-from .vfm import normalize
+from .vfm import standardize
 from .vocabulary import encode_text_embeddings, flatten_vocabulary
 
 
@@ -57,7 +59,8 @@ class Segmenter(nn.Module):
         vocabulary: one entry per class (label order), each a list of synonyms.
         logit_scale: multiplies the cosine logits before the softmax over queries.
         prob_thd: pixels whose best class probability is below it become class 0.
-        slide_crop, slide_stride: sliding-window size and step; ``slide_crop=0`` encodes the whole resized
+        slide_crop, slide_stride: window side and step (the official config keys, see
+            :class:`~proxyclip_pl.native_protocols.Protocol`); ``slide_crop=0`` encodes the whole resized
             image in one forward (no windows; the stride is then unused).
         short_side, long_side_cap: test resize of :meth:`predict` (short side to ``short_side``, long side
             at most ``long_side_cap``).
@@ -131,8 +134,6 @@ class Segmenter(nn.Module):
         self.register_buffer("query_to_class", query_to_class.to(device), persistent=False)
         if text_embeddings is None:
             if tokenizer is None:
-                import open_clip
-
                 tokenizer = open_clip.SimpleTokenizer(context_length=getattr(clip_model, "context_length", 77))
             text_embeddings = encode_text_embeddings(self.clip, tokenizer, queries)
         _require(
@@ -170,20 +171,20 @@ class Segmenter(nn.Module):
     # ------------------------------------------------------------------------------------ hooks
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, h, w] RGB in [0, 1] -> the tower's input (``(x - mean) / std``)."""
-        return normalize(images, self.mean, self.std)
+        return standardize(images, self.mean, self.std)
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalised crops -> tokens entering the last CLIP block [B, 1 + gh*gw, D] and the grid (gh, gw).
+        """Normalised windows -> tokens entering the last CLIP block [B, 1 + gh*gw, D] and the grid (gh, gw).
 
         Default: ProxyCLIP's positional rule (:func:`proxyclip_pl.clip_encoder.tokens_before_last_block`).
         """
         return tokens_before_last_block(self.clip.visual, x)
 
-    def dense_embeddings(self, crops: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-token image embeddings of a batch of windows (the one method-specific part).
 
         Args:
-            crops: [B, 3, h, w] RGB in [0, 1] (not normalised), on the model's device.
+            windows: [B, 3, h, w] RGB in [0, 1] (not normalised), on the model's device.
         Returns:
             [B, N, d] embeddings (not normalised) and their grid (H, W), N = H*W, rows from the height.
         """
@@ -206,12 +207,12 @@ class Segmenter(nn.Module):
             return logits.reshape(embeddings.shape[0], -1, *grid)
 
     @torch.no_grad()
-    def grid_logits(self, crops: torch.Tensor) -> torch.Tensor:
-        """Raw cosine logits [B, Q, H, W] of a batch of windows on the feature grid (crops as in
+    def grid_logits(self, windows: torch.Tensor) -> torch.Tensor:
+        """Raw cosine logits [B, Q, H, W] of a batch of windows on the feature grid (windows as in
         :meth:`dense_embeddings`; float32 by default, the text embeddings' dtype)."""
-        if crops.dim() != 4 or crops.shape[1] != 3:
-            raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
-        return self.match(*self.dense_embeddings(crops.to(self.device)))
+        if windows.dim() != 4 or windows.shape[1] != 3:
+            raise ValueError(f"windows must be [B, 3, h, w], got {tuple(windows.shape)}")
+        return self.match(*self.dense_embeddings(windows.to(self.device)))
 
     def encoder_signature(self) -> dict[str, object]:
         """Everything :meth:`slide_logits` reads before the text embeddings: the class, the towers (by
@@ -233,22 +234,22 @@ class Segmenter(nn.Module):
         return signature
 
     @torch.no_grad()
-    def crop_logits(self, crops: torch.Tensor) -> torch.Tensor:
+    def window_logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Raw cosine logits of a batch of windows, as the method computes them for one window.
 
         Args:
-            crops: [B, 3, h, w] RGB in [0, 1] (not normalised).
+            windows: [B, 3, h, w] RGB in [0, 1] (not normalised).
         Returns:
-            [B, Q, h, w]: the crops padded to a multiple of ``pad_multiple`` (mean colour), encoded, the grid
+            [B, Q, h, w]: the windows padded to a multiple of ``pad_multiple`` (mean colour), encoded, the grid
             logits upsampled bilinearly (align_corners=False) to the padded size and cropped back.
         """
-        crops = crops.to(self.device)
-        height, width = crops.shape[-2:]
+        windows = windows.to(self.device)
+        height, width = windows.shape[-2:]
         left, right, top, bottom = pad = symmetric_padding(height, width, self.pad_multiple)
         if any(pad):
-            fill = torch.tensor(self.mean, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1)
-            crops = F.pad(crops - fill, pad) + fill
-        logits = F.interpolate(self.grid_logits(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            fill = torch.tensor(self.mean, device=windows.device, dtype=windows.dtype).view(1, 3, 1, 1)
+            windows = F.pad(windows - fill, pad) + fill
+        logits = F.interpolate(self.grid_logits(windows), size=windows.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., top:top + height, left:left + width]
 
     @torch.no_grad()
@@ -266,8 +267,6 @@ class Segmenter(nn.Module):
     # ------------------------------------------------------------------------------------ images
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """uint8 HxWx3 RGB (or gray/RGBA/16-bit) at original size -> [1, 3, h, w] in [0, 1], resized."""
-        from datamodules.resize import resize_short_side
-
         resized = resize_short_side(to_rgb_uint8(image), self.short_side, self.long_side_cap)
         return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device).float() / 255.0
 
@@ -356,19 +355,19 @@ def shared_slide_logits(segmenters: Sequence[Segmenter], image: torch.Tensor) ->
         _require(shares_encoder(lead, other), f"{type(other).__name__} does not share the encoder of the first "
                  "segmenter (different towers or encoder settings): evaluate them in separate passes")
 
-    def window_logits(crops: torch.Tensor) -> torch.Tensor:
-        if crops.dim() != 4 or crops.shape[1] != 3:
-            raise ValueError(f"crops must be [B, 3, h, w], got {tuple(crops.shape)}")
-        embeddings, grid = lead.dense_embeddings(crops.to(lead.device))
-        lead.windows_encoded += crops.shape[0]
+    def grid_logits(windows: torch.Tensor) -> torch.Tensor:
+        if windows.dim() != 4 or windows.shape[1] != 3:
+            raise ValueError(f"windows must be [B, 3, h, w], got {tuple(windows.shape)}")
+        embeddings, grid = lead.dense_embeddings(windows.to(lead.device))
+        lead.windows_encoded += windows.shape[0]
         return torch.cat([s.match(embeddings, grid) for s in segmenters], dim=1)
 
-    crop, stride = lead.slide_crop, lead.slide_stride
-    if crop == 0:
-        crop = stride = max(image.shape[-2:])
+    window_size, stride = lead.slide_crop, lead.slide_stride
+    if window_size == 0:
+        window_size = stride = max(image.shape[-2:])
     sizes = [len(s.queries) for s in segmenters]
     logits = sliding_window_logits(
-        image.to(lead.device), window_logits, num_queries=sum(sizes), crop=crop, stride=stride,
+        image.to(lead.device), grid_logits, num_queries=sum(sizes), window_size=window_size, stride=stride,
         window_batch_size=lead.effective_window_batch_size, pad_value=lead.mean, pad_multiple=lead.pad_multiple,
     )
     return list(logits.split(sizes, dim=1))

@@ -17,18 +17,18 @@ Box = tuple[int, int, int, int]  # y1, y2, x1, x2 (end-exclusive)
 PAD_MULTIPLE = 56
 
 
-def num_windows_along(length: int, crop: int, stride: int) -> int:
-    """Number of window positions along one axis: ``max(length - crop + stride - 1, 0) // stride + 1``."""
-    return max(length - crop + stride - 1, 0) // stride + 1
+def num_windows_along(length: int, window_size: int, stride: int) -> int:
+    """Number of window positions along one axis: ``max(length - window_size + stride - 1, 0) // stride + 1``."""
+    return max(length - window_size + stride - 1, 0) // stride + 1
 
 
-def window_grid(height: int, width: int, crop: int, stride: int) -> list[Box]:
-    """All windows of a ``height x width`` image, row-major; each is ``min(crop, side)`` long per axis."""
+def window_grid(height: int, width: int, window_size: int, stride: int) -> list[Box]:
+    """All windows of a ``height x width`` image, row-major; each is ``min(window_size, side)`` long per axis."""
     boxes = []
-    for i in range(num_windows_along(height, crop, stride)):
-        for j in range(num_windows_along(width, crop, stride)):
-            y2, x2 = min(i * stride + crop, height), min(j * stride + crop, width)
-            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    for i in range(num_windows_along(height, window_size, stride)):
+        for j in range(num_windows_along(width, window_size, stride)):
+            y2, x2 = min(i * stride + window_size, height), min(j * stride + window_size, width)
+            boxes.append((max(y2 - window_size, 0), y2, max(x2 - window_size, 0), x2))
     return boxes
 
 
@@ -50,9 +50,9 @@ def symmetric_padding(height: int, width: int, multiple: int = PAD_MULTIPLE) -> 
 
 def sliding_window_logits(
     image: torch.Tensor,
-    window_logits: Callable[[torch.Tensor], torch.Tensor],
+    grid_logits: Callable[[torch.Tensor], torch.Tensor],
     num_queries: int,
-    crop: int,
+    window_size: int,
     stride: int,
     window_batch_size: int,
     pad_value: tuple[float, float, float],
@@ -62,10 +62,11 @@ def sliding_window_logits(
 
     Args:
         image: [1, 3, H, W] RGB in [0, 1] (already resized).
-        window_logits: [b, 3, h, w] -> [b, Q, gh, gw] raw cosine logits of b windows on the feature grid;
-            each window is upsampled bilinearly (align_corners=False) to (h, w) here, one at a time, so
-            the b x Q x h x w tensor is never held.
-        window_batch_size: windows per ``window_logits`` call (bounds memory; results do not depend on it).
+        grid_logits: [b, 3, h, w] -> [b, Q, gh, gw] raw cosine logits of b windows on the feature grid;
+            each window's logits are upsampled bilinearly (align_corners=False) to (h, w) here, one at a
+            time, so the b x Q x h x w tensor is never held.
+        window_size, stride: window side (official ``slide_crop``) and step (0 < stride <= window_size).
+        window_batch_size: windows per ``grid_logits`` call (bounds memory; results do not depend on it).
         pad_value: RGB fill in [0, 1] for windows padded to a multiple of ``pad_multiple`` (the input mean,
             i.e. zero after normalisation).
         pad_multiple: windows are padded symmetrically up to a multiple of this (56: ProxyCLIP; 16:
@@ -76,7 +77,7 @@ def sliding_window_logits(
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected one image [1, 3, H, W], got {tuple(image.shape)}")
     height, width = image.shape[-2:]
-    boxes = window_grid(height, width, crop, stride)
+    boxes = window_grid(height, width, window_size, stride)
     win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
     left, right, top, bottom = pad = symmetric_padding(win_h, win_w, pad_multiple)
     padded = (win_h + top + bottom, win_w + left + right)
@@ -84,11 +85,10 @@ def sliding_window_logits(
     preds = torch.zeros(num_queries, height, width, device=image.device, dtype=torch.float32)
     for start in range(0, len(boxes), window_batch_size):
         chunk = boxes[start:start + window_batch_size]
-        crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+        windows = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
         if any(pad):
-            crops = F.pad(crops - fill, pad) + fill
-        grid_logits = window_logits(crops)
-        for (y1, y2, x1, x2), logits in zip(chunk, grid_logits):
+            windows = F.pad(windows - fill, pad) + fill
+        for (y1, y2, x1, x2), logits in zip(chunk, grid_logits(windows)):
             logits = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)[0]
             preds[:, y1:y2, x1:x2] += logits[:, top:top + win_h, left:left + win_w].float()
     count = window_counts(height, width, boxes).to(preds.device)

@@ -1,15 +1,15 @@
 """Patch features (and raw last-layer attention) of a vision foundation model (timm).
 
-Every function takes crops as RGB in [0, 1], [B, 3, h, w], and returns maps on the VFM grid.
+Every function takes windows as RGB in [0, 1], [B, 3, h, w], and returns maps on the VFM grid.
 Each kind reproduces the official input and positional-embedding handling:
 
 =======  ====================================================  ===============================
 kind     input                                                 positional embedding
 =======  ====================================================  ===============================
-dino     crop, ImageNet-normalised                             DINO rule (scale factor, +0.1)
-dinov2   crop, ImageNet-normalised                             size rule with antialias
-mae      crop resized to crop_size x crop_size                 size rule, no antialias
-sam      crop stretched to 1024 x 1024                         native (64 x 64 grid)
+dino     window, ImageNet-normalised                           DINO rule (scale factor, +0.1)
+dinov2   window, ImageNet-normalised                           size rule with antialias
+mae      window resized to window_size x window_size           size rule, no antialias
+sam      window stretched to 1024 x 1024                       native (64 x 64 grid)
 =======  ====================================================  ===============================
 """
 from __future__ import annotations
@@ -29,17 +29,17 @@ SAM_INPUT_SIZE = 1024
 VFM_KINDS = ("dino", "dinov2", "sam", "mae")
 
 
-def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(x - mean) / std per channel; x is [B, 3, h, w] in [0, 1]."""
+def standardize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(x - mean) / std per channel (the towers' input normalisation); x is [B, 3, h, w] in [0, 1]."""
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
 
 
-def vfm_input(crops: torch.Tensor, kind: str, crop_size: int) -> torch.Tensor:
-    """ImageNet-normalised VFM input; SAM stretched to 1024^2, MAE resized to crop_size^2 (bilinear)."""
-    x = normalize(crops, IMAGENET_MEAN, IMAGENET_STD)
-    target = {"sam": SAM_INPUT_SIZE, "mae": crop_size}.get(kind)
+def vfm_input(windows: torch.Tensor, kind: str, window_size: int) -> torch.Tensor:
+    """ImageNet-normalised VFM input; SAM stretched to 1024^2, MAE resized to window_size^2 (bilinear)."""
+    x = standardize(windows, IMAGENET_MEAN, IMAGENET_STD)
+    target = {"sam": SAM_INPUT_SIZE, "mae": window_size}.get(kind)
     if target is not None and tuple(x.shape[-2:]) != (target, target):
         x = F.interpolate(x, size=(target, target), mode="bilinear", align_corners=False)
     return x
@@ -86,16 +86,17 @@ def _vit_tokens(model: nn.Module, kind: str, x: torch.Tensor) -> tuple[torch.Ten
     return x, grid
 
 
-def vfm_features(model: nn.Module, kind: str, crops: torch.Tensor, crop_size: int) -> torch.Tensor:
+def vfm_features(model: nn.Module, kind: str, windows: torch.Tensor, window_size: int) -> torch.Tensor:
     """VFM patch features.
 
     Args:
-        crops: [B, 3, h, w] RGB in [0, 1].
+        windows: [B, 3, h, w] RGB in [0, 1].
+        window_size: the window side (``slide_crop``); MAE inputs are resized to it.
     Returns:
         [B, C, H, W]: final-normed last-layer patch tokens (prefix tokens dropped), rows from the height;
         SAM: the [B, 256, 64, 64] neck map.
     """
-    x = vfm_input(crops, kind, crop_size)
+    x = vfm_input(windows, kind, window_size)
     if kind == "sam":
         return model.forward_features(x.to(model.patch_embed.proj.weight.dtype))
     tokens, (gh, gw) = _vit_tokens(model, kind, x)
@@ -115,7 +116,7 @@ def _capture_last_attention_input(model: nn.Module, run: Callable[[], object]) -
 
 
 def vfm_raw_attention(
-    model: nn.Module, kind: str, crops: torch.Tensor, crop_size: int
+    model: nn.Module, kind: str, windows: torch.Tensor, window_size: int
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """The VFM's own last-layer self-attention among patch tokens, averaged over heads.
 
@@ -125,7 +126,7 @@ def vfm_raw_attention(
     Returns:
         [B, N, N] attention (rows sum to 1) and the VFM grid (H, W), N = H*W in row-major order.
     """
-    x = vfm_input(crops, kind, crop_size)
+    x = vfm_input(windows, kind, window_size)
     attn = model.blocks[-1].attn
     if kind == "sam":
         from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias

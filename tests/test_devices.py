@@ -45,10 +45,10 @@ def flags(tmp_path_factory):
 
 
 def check_public_paths(model) -> None:
-    """predict, crop_logits and slide_logits on ``model``'s device, outputs there too."""
-    crops = torch.rand(2, 3, 112, 168)
-    assert model.crop_logits(crops).device.type == model.device.type
-    assert model.crop_logits(crops).shape == (2, len(model.queries), 112, 168)
+    """predict, window_logits and slide_logits on ``model``'s device, outputs there too."""
+    windows = torch.rand(2, 3, 112, 168)
+    assert model.window_logits(windows).device.type == model.device.type
+    assert model.window_logits(windows).shape == (2, len(model.queries), 112, 168)
     assert model.slide_logits(torch.rand(1, 3, 112, 200)).device.type == model.device.type
     labels = model.predict(np.zeros((90, 130, 3), np.uint8))
     assert labels.shape == (90, 130) and labels.dtype == torch.long and labels.device.type == model.device.type

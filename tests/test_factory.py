@@ -92,4 +92,4 @@ def test_build_proxyclip_frees_the_text_tower_after_encoding(tmp_path):
     assert full.clip.transformer is not None
     assert torch.equal(lean.text_embeddings, full.text_embeddings)
     x = torch.rand(1, 3, 112, 112)
-    assert torch.equal(lean.crop_logits(x), full.crop_logits(x))
+    assert torch.equal(lean.window_logits(x), full.window_logits(x))

@@ -48,8 +48,8 @@ def image(seed: int = 0, size: tuple[int, int] = (180, 260)) -> np.ndarray:
 def test_cuda_logits_and_labels_equal_the_cpu(models):
     cpu, gpu = models
     assert gpu.device.type == "cuda" and gpu.text_embeddings.is_cuda and gpu.query_to_class.is_cuda
-    crops = torch.rand(3, 3, 224, 336, generator=torch.Generator().manual_seed(0))
-    diff = (gpu.crop_logits(crops).cpu() - cpu.crop_logits(crops)).abs().max().item()
+    windows = torch.rand(3, 3, 224, 336, generator=torch.Generator().manual_seed(0))
+    diff = (gpu.window_logits(windows).cpu() - cpu.window_logits(windows)).abs().max().item()
     assert diff < 1e-4, diff
     labels_cpu, labels_gpu = cpu.predict(image()), gpu.predict(image())
     assert labels_gpu.is_cuda
@@ -59,10 +59,10 @@ def test_cuda_logits_and_labels_equal_the_cpu(models):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_autocast_agrees_with_fp32(models, dtype):
     _, gpu = models
-    crops = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)).cuda()
-    ref = gpu.crop_logits(crops)
+    windows = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)).cuda()
+    ref = gpu.window_logits(windows)
     with torch.autocast("cuda", dtype=dtype):
-        got = gpu.crop_logits(crops)
+        got = gpu.window_logits(windows)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert (got - ref).abs().max() < 0.05  # cosines in [-1, 1]; bf16 keeps ~3 significant digits
     assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.9

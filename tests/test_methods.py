@@ -88,19 +88,19 @@ def rand_images(shape, seed, dtype=torch.float64):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Direct transcription: one crop, float64
+# Direct transcription: one window, float64
 # --------------------------------------------------------------------------------------------------------
 
 
-def ref_crop_logits(model, crop, method):
+def ref_window_logits(model, window, method):
     """[3, h, w] in [0, 1] -> [Q, h, w]: official mmseg normalisation (0-255 constants), ClearCLIP's padding
     to 16 (zero in normalised space, left/top = total // 2), stem with the official positional rule, the
     method's last block, cosine logits, bilinear to the (padded) window, cropped back."""
     visual = model.clip.visual
     mean = torch.tensor(OFFICIAL_MEAN, dtype=torch.float64).view(3, 1, 1)
     std = torch.tensor(OFFICIAL_STD, dtype=torch.float64).view(3, 1, 1)
-    x = (crop * 255.0 - mean) / std
-    height, width = crop.shape[-2:]
+    x = (window * 255.0 - mean) / std
+    height, width = window.shape[-2:]
     ph, pw = -height % PAD[method], -width % PAD[method]
     left, top = pw // 2, ph // 2
     x = F.pad(x, (left, pw - left, top, ph - top))  # zeros after normalisation
@@ -121,34 +121,34 @@ def ref_crop_logits(model, crop, method):
 
 @pytest.mark.parametrize("method", list(METHOD_CLASSES))
 @pytest.mark.parametrize("size", [(64, 64), (48, 80), (224, 224), (112, 448), (50, 70)])
-def test_crop_logits_match_unbatched_float64_reference(clip_model, text, method, size):
+def test_window_logits_match_unbatched_float64_reference(clip_model, text, method, size):
     """Square and non-square windows; 112x448 has the table's token count (no resampling officially);
     50x70 is not a multiple of 16 (floored grid for SCLIP/NACLIP, padding for ClearCLIP)."""
     model = make(method, clip_model, text, torch.float64)
-    crops = rand_images((2, 3, *size), seed=size[0] + size[1])
-    ours = model.crop_logits(crops)
+    windows = rand_images((2, 3, *size), seed=size[0] + size[1])
+    ours = model.window_logits(windows)
     assert ours.shape == (2, len(model.queries), *size) and ours.dtype == torch.float64
     for b in range(2):
-        assert (ours[b] - ref_crop_logits(model, crops[b], method)).abs().max().item() < TOL
+        assert (ours[b] - ref_window_logits(model, windows[b], method)).abs().max().item() < TOL
 
 
 @pytest.mark.parametrize("method", list(METHOD_CLASSES) + ["maskclip", "clip"])
-def test_crop_logits_batched_equal_one_at_a_time(clip_model, text, method):
+def test_window_logits_batched_equal_one_at_a_time(clip_model, text, method):
     model = make(method, clip_model, text, torch.float64)
-    crops = rand_images((3, 3, 96, 64), seed=1)
-    batched = model.crop_logits(crops)
-    single = torch.cat([model.crop_logits(crops[i:i + 1]) for i in range(3)])
+    windows = rand_images((3, 3, 96, 64), seed=1)
+    batched = model.window_logits(windows)
+    single = torch.cat([model.window_logits(windows[i:i + 1]) for i in range(3)])
     assert (batched - single).abs().max().item() < 1e-12
 
 
 @pytest.mark.parametrize("method", list(METHOD_CLASSES))
 def test_whole_image_path(clip_model, text, method):
-    """slide_crop=0: the whole resized image in one forward, equal to crop_logits of the image."""
+    """slide_crop=0: the whole resized image in one forward, equal to window_logits of the image."""
     model = make(method, clip_model, text, torch.float64, slide_crop=0)
     image = rand_images((1, 3, 80, 120), seed=2)
     whole = model.slide_logits(image)
     assert whole.shape == (1, len(model.queries), 80, 120)
-    expected = ref_crop_logits(model, image[0], method)
+    expected = ref_window_logits(model, image[0], method)
     assert (whole[0] - expected).abs().max().item() < 1e-6  # the window average accumulates in float32
 
 
@@ -159,7 +159,7 @@ def test_slide_logits_average_the_window_logits(clip_model, text, method):
     total = torch.zeros(len(model.queries), 90, 150, dtype=torch.float64)
     count = torch.zeros(90, 150, dtype=torch.float64)
     for y1, y2, x1, x2 in window_grid(90, 150, 64, 40):
-        total[:, y1:y2, x1:x2] += ref_crop_logits(model, image[0, :, y1:y2, x1:x2], method)
+        total[:, y1:y2, x1:x2] += ref_window_logits(model, image[0, :, y1:y2, x1:x2], method)
         count[y1:y2, x1:x2] += 1
     assert (model.slide_logits(image)[0] - total / count).abs().max().item() < 1e-6
 
@@ -170,8 +170,8 @@ def test_baseline_classes_equal_proxyclip_attention_variants(clip_model, text, n
 
     model = make(name, clip_model, text)
     old = ProxyCLIP(copy.deepcopy(clip_model), None, VOCAB, attention=attention, text_embeddings=text)
-    crops = rand_images((2, 3, 112, 168), seed=7, dtype=torch.float32)
-    assert torch.equal(model.crop_logits(crops), old.crop_logits(crops))
+    windows = rand_images((2, 3, 112, 168), seed=7, dtype=torch.float32)
+    assert torch.equal(model.window_logits(windows), old.window_logits(windows))
     image = rand_images((1, 3, 150, 200), seed=8, dtype=torch.float32)
     assert torch.equal(model.slide_logits(image), old.slide_logits(image))
     rgb = (rand_images((70, 90, 3), seed=9, dtype=torch.float32) * 255).to(torch.uint8).numpy()
@@ -253,7 +253,7 @@ def test_segmenters_built_on_meta_keep_everything_there(clip_model, text, method
                 slide_stride=56)
     behind = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.device != meta]
     assert not behind and model.device == meta
-    assert model.crop_logits(torch.rand(2, 3, 112, 168)).device == meta
+    assert model.window_logits(torch.rand(2, 3, 112, 168)).device == meta
     assert model.slide_logits(torch.rand(1, 3, 112, 200)).device == meta
     labels = model.predict(np.zeros((90, 130, 3), np.uint8))
     assert labels.shape == (90, 130) and labels.dtype == torch.long and labels.device == meta

@@ -29,9 +29,9 @@ def model(tmp_path_factory):
 
 def test_bf16_autocast_logits_are_fp32_and_close(model):
     x = torch.rand(2, 3, 224, 336, generator=torch.Generator().manual_seed(1))
-    ref = model.crop_logits(x)
+    ref = model.window_logits(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = model.crop_logits(x)
+        got = model.window_logits(x)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert (got - ref).abs().max() < 0.05  # bf16 has ~3 significant digits; cosines lie in [-1, 1]
 
@@ -40,5 +40,5 @@ def test_half_weights_run_and_return_fp32(model):
     half = copy.deepcopy(model).to(torch.bfloat16)
     half.text_embeddings = model.text_embeddings.clone()  # the classifier stays fp32
     x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(2))
-    out = half.crop_logits(x)
+    out = half.window_logits(x)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()

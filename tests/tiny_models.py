@@ -11,7 +11,7 @@ from proxyclip_pl.factory import build_clip, build_vfm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The shipped demo configs: an open_clip ViT-B/16-like tower (patch 16, trained 224 grid of 14x14, so 336
-# crops interpolate the positional embedding) shrunk to 3 blocks of width 64, and a 2-block DINO ViT/8.
+# windows interpolate the positional embedding) shrunk to 3 blocks of width 64, and a 2-block DINO ViT/8.
 TINY_CLIP_CONFIG = json.loads((CONFIGS / "tiny_clip.json").read_text())
 _TINY_DINO = json.loads((CONFIGS / "tiny_dino.json").read_text())
 

@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import proxyclip_pl
+from datamodules import BENCHMARKS
 from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run_cli
-from proxyclip_pl.native_protocols import BUILTIN_METHODS, DATASETS, EXTRA_DATASETS, PROTOCOL_NAMES
+from proxyclip_pl.native_protocols import (BUILTIN_METHODS, DATASETS, EXTRA_DATASETS, PROTOCOL_NAMES, REPORTED_MIOU,
+                                           Protocol, protocol_for)
 
 #: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
@@ -94,8 +99,6 @@ def resolve_protocol(args: argparse.Namespace, key: str, preset=None):
     A plug-in factory may carry ``native_protocols`` (dataset key -> Protocol) for its native protocol.
     A dataset card (``preset`` given) has one protocol for every method: its short side, windows and
     ``prob_thd`` with ProxyCLIP's logit scale, no area filter and no PAMR."""
-    from proxyclip_pl.native_protocols import Protocol, protocol_for
-
     if is_card(key):
         protocol = Protocol(preset.short_side, 2048, preset.crop_size, preset.stride, 40.0, preset.prob_thd, None, 0)
         if args.pamr_steps is not None:
@@ -136,8 +139,6 @@ def check_writable(folder: Path) -> None:
 
 
 def data_root_for(key: str, args: argparse.Namespace) -> Path | None:
-    from datamodules import BENCHMARKS
-
     if args.data_root is None:
         return None  # the datamodule's default: $PROXYCLIP_DATA/<sub path> or data/<sub path>
     root = Path(args.data_root)
@@ -157,10 +158,11 @@ def configuration(args: argparse.Namespace, key: str, model, protocol, world_siz
     import torch
     import torchmetrics
 
-    import proxyclip_pl
-
     builtin = args.method in BUILTIN_METHODS
-    attr = lambda name, default=None: getattr(model, name, default)  # noqa: E731  (plug-ins may lack them)
+
+    def attr(name: str, default: Any = None) -> Any:
+        return getattr(model, name, default)  # plug-ins may lack them
+
     window_batch_size = attr("effective_window_batch_size")
     queries = attr("queries")
     return {
@@ -207,8 +209,6 @@ def fingerprint(args: argparse.Namespace, key: str, model, protocol, dataset, da
                 mmseg_histc: bool, class_names: Sequence[str]) -> dict[str, Any]:
     """What a resumed run must share with the recorded one: ``configuration()`` without the process count (records
     are keyed by image, so the device count may change), plus the dataset (its image ids) and the metric settings."""
-    import hashlib
-
     config = configuration(args, key, model, protocol, 1)
     for name in ("world_size", "num_nodes"):
         config.pop(name)
@@ -243,8 +243,6 @@ def previous_run(out_dir: Path) -> list[str]:
 def prepare_output_dir(out_dir: Path, args: argparse.Namespace) -> None:
     """Refuse to mix with a previous run unless --resume; --overwrite removes it. Only the launching process acts:
     the processes Lightning starts for the other ranks re-run this script and must neither refuse nor delete."""
-    import shutil
-
     from proxyclip_pl.records import RECORDS_DIR
 
     if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
@@ -292,7 +290,7 @@ def make_job(key: str, args: argparse.Namespace, out_dir: Path) -> Job:
     """Data, protocol and vocabulary of one benchmark (no model yet)."""
     import torch
 
-    from datamodules import BENCHMARKS, build_datamodule
+    from datamodules import build_datamodule
     from proxyclip_pl import load_vocabulary
 
     preset = build_datamodule(key, data_root=args.data_root).preset if is_card(key) else BENCHMARKS[key]
@@ -300,7 +298,7 @@ def make_job(key: str, args: argparse.Namespace, out_dir: Path) -> Job:
     # the datamodule resizes with the protocol's short side and long-side cap
     dm = build_datamodule(key, data_root=args.data_root if is_card(key) else data_root_for(key, args),
                           num_workers=args.num_workers, short_side=protocol.short_side,
-                          long_cap=protocol.long_side_cap)
+                          long_side_cap=protocol.long_side_cap)
     dm.setup("test")
     dataset = dm.test_dataset
     if args.limit is not None:
@@ -475,7 +473,7 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from datamodules import BENCHMARKS, build_datamodule
+    from datamodules import build_datamodule
 
     keys = data_keys(args)
     for key in keys:
@@ -530,8 +528,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def table_row(method: str, protocol: str, row: dict[str, float], reported: bool = True) -> str:
     """Table 1 row of ``method`` (mIoU per benchmark and the average), with the published row under it
     when the method's native protocol was run and its paper/README numbers are known."""
-    from proxyclip_pl.native_protocols import REPORTED_MIOU
-
     name = f"{method} ({protocol})"
     width = max(len(name), 10)
     lines = [f"{'':<{width}} | " + " | ".join(f"{k:>11}" for k in row),

@@ -19,7 +19,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from proxyclip_pl.cli import add_model_arguments, model_kwargs, run_cli
+from PIL import Image
+
+import proxyclip_pl
+from datamodules.io import read_image
+from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run_cli
+from proxyclip_pl.native_protocols import BUILTIN_METHODS, Protocol
+from proxyclip_pl.visualize import add_legend, overlay
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -33,7 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
     p.add_argument("--method", default="proxyclip", help="proxyclip, maskclip, clip, sclip, naclip, clearclip or module:factory")
     p.add_argument("--short-side", type=int, default=None, help="default 336")
-    p.add_argument("--crop", type=int, default=None, help="default 336 (proxyclip, maskclip, clip) or 224; 0: whole image")
+    p.add_argument("--crop", type=int, default=None,
+                   help="window side (official slide_crop): default 336 (proxyclip, maskclip, clip) or 224; 0: whole image")
     p.add_argument("--stride", type=int, default=None, help="default 112")
     p.add_argument("--logit-scale", type=float, default=40.0)
     p.add_argument("--area-thd", type=float, default=None, help="SCLIP's foreground-area filter (default: off)")
@@ -44,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _cuda() -> bool:
-    import torch
+    import torch  # here: importing this module needs no torch
 
     return torch.cuda.is_available()
 
@@ -55,8 +62,6 @@ def check_output(path: str, flag: str) -> None:
     os.access is the check for ordinary users; root passes it even for read-only folders, which
     then fail at save time with PermissionError (also one line through ``run_cli``).
     """
-    from PIL import Image
-
     target = Path(path)
     folder = target.parent
     if target.is_dir():
@@ -73,24 +78,19 @@ def check_output(path: str, flag: str) -> None:
 
 def build_model(args: argparse.Namespace, vocabulary):
     """The segmenter of ``--method`` with the window / threshold flags."""
-    import proxyclip_pl
-    from proxyclip_pl.native_protocols import BUILTIN_METHODS, Protocol
-
     own = args.method in ("proxyclip", "maskclip", "clip")
     short_side = args.short_side or 336
-    crop = args.crop if args.crop is not None else (336 if own else 224)
+    window_size = args.crop if args.crop is not None else (336 if own else 224)
     stride = args.stride or 112
     if args.method == "proxyclip":
         return proxyclip_pl.build_proxyclip(
-            vocabulary, prob_thd=args.prob_thd, short_side=short_side, slide_crop=crop, slide_stride=stride,
+            vocabulary, prob_thd=args.prob_thd, short_side=short_side, slide_crop=window_size, slide_stride=stride,
             logit_scale=args.logit_scale, area_thd=args.area_thd, pamr_steps=args.pamr_steps, device=args.device,
             **model_kwargs(args),
         )
-    protocol = Protocol(short_side, max(2048, short_side), crop, stride, args.logit_scale, args.prob_thd, args.area_thd,
+    protocol = Protocol(short_side, max(2048, short_side), window_size, stride, args.logit_scale, args.prob_thd, args.area_thd,
                         args.pamr_steps)
     if args.method not in BUILTIN_METHODS:
-        from proxyclip_pl.cli import load_plugin
-
         return load_plugin(args.method)(vocabulary=vocabulary, protocol=protocol).to(args.device)
     kwargs = model_kwargs(args)
     if kwargs.pop("attention") != "proxy":
@@ -101,9 +101,7 @@ def build_model(args: argparse.Namespace, vocabulary):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from datamodules.io import read_image
-    from proxyclip_pl.visualize import add_legend, overlay
-    from proxyclip_pl.vocabulary import parse_vocabulary
+    from proxyclip_pl.vocabulary import parse_vocabulary  # here: open_clip, only once the arguments are valid
 
     lines = ([args.background] if args.background else []) + list(args.classes)
     if any(len(line.splitlines()) != 1 or not line.strip() for line in lines):
@@ -120,9 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = build_model(args, vocabulary)
     labels = model.predict(image).cpu().numpy().astype("uint8")
-
-    from PIL import Image
-
     names = [names[0] for names in vocabulary]
     add_legend(overlay(image, labels), labels, names).save(args.out)
     if args.labels_out:
