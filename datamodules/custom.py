@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from .io import DataFileError
 from .presets import BenchmarkPreset
 
 #: Keyword arguments of :func:`custom_preset` (and the keys a dataset card may hold, plus ``data_root``).
@@ -149,8 +150,6 @@ def _displayed_size(path: Path) -> tuple[int, int] | None:
 def check_samples(dataset, max_listed: int = 5) -> list[str]:
     """Problems of a custom dataset's samples (every label decoded): unreadable image, missing label,
     size mismatch, values outside the class range.  Returns at most ``max_listed`` lines per kind."""
-    from .io import DataFileError
-
     kinds: dict[str, list[str]] = {"missing label": [], "unreadable": [], "size mismatch": [], "label values": []}
     for i, (sid, img, ann) in enumerate(dataset.samples):
         if not ann.is_file():

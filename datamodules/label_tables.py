@@ -176,7 +176,7 @@ def convert_ade847(image: np.ndarray, seg: np.ndarray, source: str = "<array>") 
     Image: OpenCV ``INTER_LINEAR``; class-id map: ``INTER_NEAREST`` on int32; then ids -> train ids through
     the 847-entry table, anything else (0 = unlabeled, the classes outside the 847) -> 65535.
     """
-    import cv2
+    import cv2  # here: only this preparer needs OpenCV (keeps proxyclip-prepare's start quick)
 
     ids = decode_ade_full_seg(seg, source)
     if image.shape[:2] != ids.shape:

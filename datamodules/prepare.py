@@ -30,6 +30,7 @@ from .label_tables import (
     convert_context_raw,
     convert_pc459,
 )
+from .presets import BENCHMARKS
 from .rle import decode_rle
 
 try:  # tqdm ships with timm/huggingface; fall back silently if absent.
@@ -121,8 +122,7 @@ class PrepareStats:
 
 def _final_check(keys: Sequence[str], dst: Path) -> dict[str, int]:
     """Verify the prepared layout with the datamodules; subsets warn, errors raise."""
-    from .base import SegmentationDataModule  # local import: keeps prepare usable standalone
-    from .presets import BENCHMARKS
+    from .base import SegmentationDataModule  # here: Lightning is needed only for this final check
 
     counts = {}
     for key in keys:

@@ -10,6 +10,8 @@ the one the workers ran, so only a file reaches the caller under every launcher.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -18,10 +20,17 @@ from typing import Any, Collection, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import TQDMProgressBar
+from PIL import Image
 from torch import nn
 
+from datamodules.io import read_image
+
 from .metrics import SegmentationIoU
+from .records import RecordWriter, sparse
+from .segmenter import shared_slide_logits, shares_encoder
+from .visualize import colorize, side_by_side
 
 
 def check_segmenter(model: nn.Module) -> None:
@@ -92,8 +101,6 @@ class BenchmarkScore(nn.Module):
         self._per_image: list[dict[str, Any]] = []
         self._writer = None
         if record_dir is not None:
-            from .records import RecordWriter
-
             self._writer = RecordWriter(record_dir, fingerprint or {})
         self.prior = prior
         self.prior_rows = list(prior_rows)
@@ -137,10 +144,10 @@ class BenchmarkScore(nn.Module):
         if self.per_image_file is not None:
             row = self.image_row(pred, target, int(sample["index"]), str(sample["id"]))
             self._per_image.append(row)
-        if before is not None:
-            self._record(sample, before, row)
         if self.prediction_dir is not None or self.show_dir is not None:
             self._write_outputs(sample, pred.cpu().numpy(), target.cpu().numpy())
+        if before is not None:  # last: a recorded image has its outputs on disk (a resumed run skips it)
+            self._record(sample, before, row)
 
     def _metric_states(self) -> dict[str, torch.Tensor]:
         """Copies of every (int64, sum-reduced) metric state."""
@@ -148,8 +155,6 @@ class BenchmarkScore(nn.Module):
 
     def _record(self, sample: dict[str, Any], before: dict[str, torch.Tensor], row: dict[str, Any] | None) -> None:
         """Durably record what this image added to each metric state (and its per-image row)."""
-        from .records import sparse
-
         states = {name: sparse(getattr(self.metric, name) - old) for name, old in before.items()}
         self._writer.append(int(sample["index"]), str(sample["id"]), states, row)
         _crash_hook()
@@ -174,8 +179,6 @@ class BenchmarkScore(nn.Module):
                 "miou": miou, "classes": " ".join(str(c) for c in torch.nonzero(area_l).flatten().tolist())}
 
     def _write_outputs(self, sample: dict[str, Any], pred: np.ndarray, label: np.ndarray) -> None:
-        from PIL import Image
-
         name = str(sample["id"]).replace("/", "_")
         num_classes = len(self.class_names)
         if self.prediction_dir is not None:
@@ -183,10 +186,6 @@ class BenchmarkScore(nn.Module):
             dtype = np.uint8 if num_classes <= 256 else np.uint16
             Image.fromarray(np.ascontiguousarray(pred.astype(dtype))).save(self.prediction_dir / f"{name}.png")
         if self.show_dir is not None:
-            from datamodules.io import read_image
-
-            from .visualize import colorize, side_by_side
-
             image = read_image(sample["path"])
             black = (self.ignore_index,) if not 0 <= self.ignore_index < num_classes else ()
             panel = side_by_side([image, colorize(pred, num_classes, black), colorize(label, num_classes, black)])
@@ -233,8 +232,6 @@ class BenchmarkScore(nn.Module):
 
     def _gather_per_image(self, collective: bool = True) -> list[dict[str, Any]]:
         """Every rank's per-image rows on every rank (a collective unless ``collective`` is off), in dataset order."""
-        import torch.distributed as dist
-
         rows = list(self._per_image)
         if collective and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
@@ -288,8 +285,6 @@ class BenchmarkEvaluator(pl.LightningModule):
                 raise ValueError(f"the vocabulary has {model.num_classes} classes but the benchmark has "
                                  f"{len(score.class_names)}")
         if len(models) > 1:
-            from .segmenter import shares_encoder
-
             for model in models[1:]:
                 if not shares_encoder(models[0], model):
                     raise ValueError(f"{type(model).__name__} does not share the encoder of {type(models[0]).__name__}: "
@@ -305,8 +300,6 @@ class BenchmarkEvaluator(pl.LightningModule):
         if len(self.models) == 1:
             preds = [self.models[0].segment_resized(image, size)]
         else:
-            from .segmenter import shared_slide_logits
-
             models = [self.models[j] for j in members]
             logits = shared_slide_logits(models, image)
             preds = [m.postprocess(lg, image, size, m.prob_thd) for m, lg in zip(models, logits)]
@@ -377,13 +370,12 @@ class SegmenterEvaluator(BenchmarkEvaluator):
 
 def write_per_image_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """per_image.csv: id, pixels scored, pixel accuracy %, per-image mIoU %, GT class ids (space separated)."""
-    import csv
-    import io
+    def fmt(v: float) -> str:
+        return "nan" if v != v else f"{v:.4f}"
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "pixels", "pixel_acc", "miou", "classes"])
-    fmt = lambda v: "nan" if v != v else f"{v:.4f}"  # noqa: E731
     for r in rows:
         writer.writerow([r["id"], r["pixels"], fmt(r["pixel_acc"]), fmt(r["miou"]), r["classes"]])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -424,9 +416,12 @@ def format_results_table(results: dict[str, Any], title: str = "") -> str:
     width = max(12, *(len(n) for n in names)) + 2
     lines = [title] if title else []
     lines.append(f"{'class':<{width}}{'IoU':>8}{'Acc':>8}")
+
+    def fmt(v: float | None) -> str:
+        return f"{v:8.2f}" if v is not None else f"{'nan':>8}"
+
     for name in names:
         iou, acc = results["per_class_iou"][name], results["per_class_acc"][name]
-        fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'nan':>8}"  # noqa: E731
         lines.append(f"{name:<{width}}{fmt(iou)}{fmt(acc)}")
     lines.append(f"mIoU {results['mIoU']:.2f}  mAcc {results['mAcc']:.2f}  aAcc {results['aAcc']:.2f}  "
                  f"({results['num_images']} images)")

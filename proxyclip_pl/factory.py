@@ -29,9 +29,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .native_protocols import Protocol
+
+# open_clip, timm and the modules that import them (.model, .methods, .segmenter, .vocabulary, .text_cache)
+# are imported where they are used: importing this module costs torch only.
 if TYPE_CHECKING:
     from .model import ProxyCLIP
-    from .native_protocols import Protocol
     from .segmenter import Segmenter
 
 RANDOM = "random"
@@ -675,7 +678,6 @@ def build_segmenters(
         agree share their encoder (:func:`~proxyclip_pl.segmenter.shares_encoder`) and can be evaluated in one
         pass (:func:`~proxyclip_pl.segmenter.shared_slide_logits`).
     """
-    from .native_protocols import Protocol
     from .segmenter import protocol_kwargs
 
     if method not in segmenter_classes():

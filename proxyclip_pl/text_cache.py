@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+import open_clip
 import torch
 
 from .vocabulary import TEMPLATES, encode_text_embeddings
@@ -71,8 +72,6 @@ def weights_identity(weights: str, seed: int) -> str:
 
 def cache_key(model_name: str, weights_id: str, queries: Sequence[str]) -> str:
     """32 hex digits identifying the [Q, d] embeddings of ``queries`` under this model, weights and procedure."""
-    import open_clip
-
     payload = {
         "model": model_name,
         "weights": weights_id,

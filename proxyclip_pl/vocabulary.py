@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
+from .text_encoder import pooled_positions, token_budget_batches, truncated_encode_text, truncation_unsupported_reason
+
 Vocabulary = list[list[str]]
 
 #: The 80 OpenAI ImageNet prompt templates, in the official order.
@@ -123,9 +125,6 @@ def encode_text_embeddings(
     Returns:
         FloatTensor [Q, d], unit rows, on the CLIP model's device.
     """
-    from .text_encoder import (pooled_positions, token_budget_batches, truncated_encode_text,
-                               truncation_unsupported_reason)
-
     device = next(clip_model.parameters()).device
     batch_size = batch_size or (256 if device.type == "cuda" else 16)
     if batch_size < 1:
