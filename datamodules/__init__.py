@@ -46,9 +46,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import DatasetCountWarning, SegmentationDataModule, default_data_root  # noqa: F401
-    from .benchmarks import DATAMODULES, build_datamodule  # noqa: F401
-    from .presets import BENCHMARKS, BenchmarkPreset  # noqa: F401
+    from .base import DatasetCountWarning, SegmentationDataModule, default_data_root
+    from .benchmarks import DATAMODULES, build_datamodule
+    from .presets import BENCHMARKS, BenchmarkPreset
 
 __all__ = [
     "BENCHMARKS", "BenchmarkPreset", "build_datamodule", "DATAMODULES", "SegmentationDataModule",

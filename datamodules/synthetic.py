@@ -110,7 +110,9 @@ def make_fake_benchmark(key: str, root: Path, num_images: int, sizes=DEFAULT_SIZ
     data_root = Path(root) / p.sub_path
     data_root.mkdir(parents=True, exist_ok=True)
     values = ON_DISK_VALUES[key]
-    size_of = lambda i: tuple(sizes[i % len(sizes)])  # noqa: E731
+
+    def size_of(i: int) -> tuple[int, int]:
+        return tuple(sizes[i % len(sizes)])
 
     if key in ("voc21", "voc20", "context60", "context59"):
         year = 2007 if p.sub_path.endswith("2012") else 2008

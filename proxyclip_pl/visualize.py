@@ -1,4 +1,8 @@
-"""Colour label maps, overlays with a legend, and side-by-side panels (uint8 RGB numpy in, PIL out)."""
+"""Colour label maps, overlays, a legend and side-by-side panels.
+
+Everything takes uint8 RGB numpy arrays; :func:`colorize`, :func:`overlay` and :func:`side_by_side` return
+uint8 RGB numpy arrays ([H, W, 3]), :func:`add_legend` a PIL image, :func:`palette` the colour table.
+"""
 from __future__ import annotations
 
 from typing import Sequence
