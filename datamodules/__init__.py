@@ -8,8 +8,9 @@ Self-contained (no dependency on any model package)::
     sample = dm.test_dataset[0]   # image [3,h,w] uint8, label [H0,W0] int64, id, ori_size, index, path
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_attributes
 
 # Names are imported on first use: `from datamodules.resize import ...` (the model's predict path)
 # must not pull in Lightning and albumentations.
@@ -31,18 +32,7 @@ _SUBMODULE_OF = {
     "build_test_transform": "transforms", "label_lut": "transforms",
     "rescale_size": "resize", "resize_short_side": "resize",
 }
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULE_OF:
-        value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_SUBMODULE_OF))
+__getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULE_OF)
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -5,8 +5,9 @@ The methods are plain PyTorch (:class:`ProxyCLIP`, :class:`MaskCLIP`, :class:`CL
 """
 __version__ = "0.1.0"
 
-import importlib
 from typing import TYPE_CHECKING
+
+from datamodules.lazy import lazy_attributes
 
 # Names are imported on first use, so that ``proxyclip_pl.cli`` and the light commands (proxyclip-prepare)
 # start without importing torch, open_clip and timm.
@@ -20,18 +21,7 @@ _SUBMODULE_OF = {
     "Segmenter": "segmenter", "protocol_kwargs": "segmenter",
     "flatten_vocabulary": "vocabulary", "load_vocabulary": "vocabulary", "parse_vocabulary": "vocabulary",
 }
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULE_OF:
-        value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_SUBMODULE_OF))
+__getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULE_OF)
 
 
 if TYPE_CHECKING:  # pragma: no cover
