@@ -13,12 +13,13 @@ from datamodules.lazy import lazy_attributes
 # start without importing torch, open_clip and timm.
 _SUBMODULE_OF = {
     "CLIP_MODELS": "factory", "VFM_MODELS": "factory", "WeightsNotFoundError": "factory", "build_clip": "factory",
-    "build_proxyclip": "factory", "build_segmenter": "factory", "build_vfm": "factory",
+    "build_proxyclip": "factory", "build_segmenter": "factory", "build_segmenters": "factory", "build_vfm": "factory",
     "NACLIP": "methods", "SCLIP": "methods", "ClearCLIP": "methods",
     "ATTENTIONS": "model", "CLIP": "model", "MaskCLIP": "model", "ProxyCLIP": "model",
     "NATIVE_PROTOCOLS": "native_protocols", "PROXYCLIP_PROTOCOLS": "native_protocols", "Protocol": "native_protocols",
     "protocol_for": "native_protocols",
-    "Segmenter": "segmenter", "protocol_kwargs": "segmenter",
+    "Segmenter": "segmenter", "protocol_kwargs": "segmenter", "shared_slide_logits": "segmenter",
+    "shares_encoder": "segmenter",
     "flatten_vocabulary": "vocabulary", "load_vocabulary": "vocabulary", "parse_vocabulary": "vocabulary",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULE_OF)
@@ -32,12 +33,13 @@ if TYPE_CHECKING:  # pragma: no cover
         build_clip,
         build_proxyclip,
         build_segmenter,
+        build_segmenters,
         build_vfm,
     )
     from .methods import NACLIP, SCLIP, ClearCLIP
     from .model import ATTENTIONS, CLIP, MaskCLIP, ProxyCLIP
     from .native_protocols import NATIVE_PROTOCOLS, PROXYCLIP_PROTOCOLS, Protocol, protocol_for
-    from .segmenter import Segmenter, protocol_kwargs
+    from .segmenter import Segmenter, protocol_kwargs, shared_slide_logits, shares_encoder
     from .vocabulary import flatten_vocabulary, load_vocabulary, parse_vocabulary
 
 __all__ = [
@@ -58,10 +60,13 @@ __all__ = [
     "build_clip",
     "build_proxyclip",
     "build_segmenter",
+    "build_segmenters",
     "build_vfm",
     "flatten_vocabulary",
     "load_vocabulary",
     "parse_vocabulary",
     "protocol_for",
     "protocol_kwargs",
+    "shared_slide_logits",
+    "shares_encoder",
 ]
