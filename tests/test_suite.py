@@ -30,10 +30,11 @@ def test_projection_counts_each_shared_pass_once():
 @pytest.mark.slow
 def test_suite_with_tiny_models_finds_identical_results_and_fewer_windows(tmp_path):
     report = suite.run_suite(tmp_path / "suite", num_images=1, clip=str(write_tiny_clip_config(tmp_path)),
-                             vfm=str(write_tiny_vfm_spec(tmp_path)), text_queries=0, kill_test=True)
+                             vfm=str(write_tiny_vfm_spec(tmp_path)), text_queries=0, kill_fractions=(0.5,))
     side = report["image_side"]
     assert side["identical_results_and_predictions"], side["differences"]
     assert side["windows_all"] == 2 * 3 + 21 + 8 < side["windows_separate"] == 2 * 6 + 21 + 8
     assert side["passes"][0] == ["voc21", "voc20"] and side["all_peak_rss_mib"] > 0
     kills = report["kill_and_resume"]
     assert kills["identical_to_uninterrupted"] and kills["records"] == kills["expected_records"] == 8
+    assert len(kills["attempts"]) == 2 and kills["attempts"][-1]["records_after"] == 8

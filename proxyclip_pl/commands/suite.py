@@ -161,8 +161,16 @@ def text_encoding(queries: int | None, json_file: Path) -> dict[str, Any]:
 
 def run_suite(workdir: Path | None = None, num_images: int = 2, accelerator: str = "cpu", devices: int = 1,
               clip: str | None = None, vfm: str | None = None, text_queries: int | None = 12,
-              kill_test: bool = True) -> dict[str, Any]:
-    """Run the whole suite (see the module docstring) and return its report."""
+              kill_fractions: Sequence[float] = (0.2, 0.5, 0.8)) -> dict[str, Any]:
+    """Run the whole suite (see the module docstring) and return its report.
+
+    Args:
+        workdir: where the miniatures, the text cache and every run's outputs go (default: a new temporary folder).
+        num_images: images per miniature benchmark.
+        clip, vfm: model names (default: the package defaults, ViT-B/16 and DINO ViT-B/8), random weights.
+        text_queries: COCO-Stuff queries for the text-encoding comparison (``None``: all 171; 0: skip it).
+        kill_fractions: SIGKILL the killed run when its records reach these fractions of all images (empty: skip).
+    """
     from proxyclip_pl.factory import DEFAULT_CLIP, DEFAULT_VFM
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="proxyclip_suite_"))
@@ -201,13 +209,13 @@ def run_suite(workdir: Path | None = None, num_images: int = 2, accelerator: str
         "mIoU": {k: summary[k] for k in DATASETS},
     }
     report["projection_real_suite"] = projection(summary["passes"], seconds_per_window)
-    if kill_test:
+    if kill_fractions:
         out = workdir / "killed"
         total = sum(r["num_images"] for r in results.values())
         shutil.rmtree(out, ignore_errors=True)
-        kills = kill_and_resume(["--data", "all", *flags], out, total)
+        kills = kill_and_resume(["--data", "all", *flags], out, total, kill_fractions)
         kills["identical_to_uninterrupted"] = not any(same_outputs(workdir / "all" / k, out / k) for k in DATASETS)
         report["kill_and_resume"] = kills
-    if text_queries != 0:
+    if text_queries != 0:  # last: the slowest part
         report["text_encoding"] = text_encoding(text_queries, workdir / "text_encoding.json")
     return report
