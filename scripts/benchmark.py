@@ -5,10 +5,11 @@ For every ``--image-size WxH`` a seeded synthetic RGB image of that size is segm
 
 * ``predict``: the project's batched path (windows in batches of ``--window-batch-size``,
   fused post-processing), and
-* :func:`predict_one_window_at_a_time`: a literal transcription of method.md §8-§9 that runs
-  ``model.crop_logits`` on one window at a time, accumulates into a float32 buffer + count matrix,
-  averages, upsamples, takes ``softmax(40 L)`` over all queries, the per-class max of probabilities via
-  the official one-hot product, argmax and the ``prob_thd`` threshold,
+* ``predict_one_window_at_a_time`` from :mod:`proxyclip_pl.reference` (the package's one plain
+  reference, see docs/method_notes.md, 'Sliding window' and 'Post-processing'): it runs
+  ``model.window_logits`` on one padded window at a time, accumulates into a float32 buffer + count
+  matrix, averages, upsamples, takes ``softmax(40 L)`` over all queries, the per-class max of
+  probabilities via the official one-hot product, argmax and the ``prob_thd`` threshold,
 
 with the same models and precision. Reported per size: median seconds after warm-up, images/s of both
 and their ratio, windows/s, FLOPs of one ``predict`` (``FlopCounterMode``) and the achieved GFLOP/s next
@@ -55,68 +56,17 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from proxyclip_pl.cli import add_model_arguments, model_kwargs, run_cli  # noqa: E402
+from proxyclip_pl.reference import predict_one_window_at_a_time  # noqa: E402  (the naive baseline)
 
 #: Built-in benchmark vocabulary (5 classes, 7 queries) used without ``--vocabulary``.
 DEFAULT_VOCABULARY = [["background"], ["person", "people"], ["car", "vehicle"], ["tree"], ["sky"]]
 #: ``--precision`` -> autocast dtype (None: plain fp32, autocast disabled).
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-#: Settings used without ``--dataset-settings`` (method.md §8/§10 defaults).
+#: Settings used without ``--dataset-settings``: ProxyCLIP's defaults (docs/method_notes.md, 'Per-dataset settings').
 DEFAULT_SETTINGS = {"short_side": 336, "crop": 336, "stride": 112, "prob_thd": 0.0}
-#: Window sides are padded to a multiple of this (method.md §8.3).
-PAD_MULTIPLE = 56
 #: Line prefix of the memory probe's answer on stdout.
 PROBE_MARKER = "BENCHMARK_MEMORY_PROBE "
 MIB = 1024.0 * 1024.0
-
-
-# ----------------------------------------------------------------------------------- reference
-@torch.no_grad()
-def predict_one_window_at_a_time(model, image_uint8: np.ndarray) -> torch.Tensor:
-    """The official procedure (method.md §8-§9), one window per ``crop_logits`` call.
-
-    Args:
-        model: a :class:`proxyclip_pl.ProxyCLIP`.
-        image_uint8: HxWx3 uint8 RGB at the original size.
-    Returns:
-        LongTensor [H, W] of class ids, on the model's device.
-    """
-    from proxyclip_pl.clip_encoder import CLIP_MEAN
-    from proxyclip_pl.model import to_rgb_uint8
-    from proxyclip_pl.sliding_window import window_grid
-
-    rgb = to_rgb_uint8(image_uint8)
-    height0, width0 = rgb.shape[:2]
-    image = model.preprocess(rgb)  # [1, 3, h, w] in [0, 1], short side resized
-    height, width = image.shape[-2:]
-    num_queries = len(model.queries)
-    preds = torch.zeros(1, num_queries, height, width, dtype=torch.float32, device=image.device)
-    count = torch.zeros(1, 1, height, width, dtype=torch.float32, device=image.device)
-    fill = torch.tensor(CLIP_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    for y1, y2, x1, x2 in window_grid(height, width, model.slide_crop, model.slide_stride):
-        window = image[:, :, y1:y2, x1:x2]
-        win_h, win_w = y2 - y1, x2 - x1
-        pad_h, pad_w = -win_h % PAD_MULTIPLE, -win_w % PAD_MULTIPLE
-        top, left = pad_h // 2, pad_w // 2
-        if pad_h or pad_w:  # zeros in CLIP-normalised space, split symmetrically
-            window = F.pad(window - fill, (left, pad_w - left, top, pad_h - top)) + fill
-        logits = model.crop_logits(window)[:, :, top:top + win_h, left:left + win_w]
-        preds[:, :, y1:y2, x1:x2] += logits.float()
-        count[:, :, y1:y2, x1:x2] += 1
-    if count.min() < 1:
-        raise RuntimeError("sliding-window grid leaves pixels uncovered")
-    preds = preds / count
-    logits = F.interpolate(preds, size=(height0, width0), mode="bilinear", align_corners=False)[0]
-
-    probs = torch.softmax(model.logit_scale * logits.float(), dim=0)  # [Q, H, W] over all queries
-    query_to_class = model.query_to_class.to(probs.device)
-    num_classes = model.num_classes
-    cls_index = F.one_hot(query_to_class, num_classes).T.to(probs.dtype)  # [C, Q]
-    # Official ``(probs[None] * cls_index.view(C, Q, 1, 1)).max(1)``, one class at a time (same values,
-    # without materialising the C x Q x H x W product).
-    class_probs = torch.stack([(probs * cls_index[c].view(-1, 1, 1)).max(dim=0).values for c in range(num_classes)])
-    labels = class_probs.argmax(dim=0)
-    labels[class_probs.max(dim=0).values < model.prob_thd] = 0
-    return labels
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -1,7 +1,7 @@
 """Model settings that come from the model's own configuration, not from its name.
 
 * VFM kind (positional-embedding rule): DINOv2 *without* registers follows the DINO rule (offset 0.1, no
-  antialias, method.md §2.2); only register models use the size rule with antialias.
+  antialias; see docs/method_notes.md, 'VFM features'); only register models use the size rule with antialias.
 * QuickGELU: from open_clip's pretrained config of a tag, or from the provenance of a local checkpoint
   (OpenAI TorchScript archive / OpenAI state-dict layout); a warning where the provenance is unknown.
 """

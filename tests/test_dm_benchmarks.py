@@ -17,7 +17,7 @@ from datamodules.synthetic import make_fake_benchmark
 ALL = list(MAIN_BENCHMARKS)  # the eight; ADE-847 / PC-459: tests/test_dm_large_vocab.py
 N = 5
 
-# Expected settings, restated from benchmarks.md §1 and method.md §10.
+# Expected settings, restated from docs/dataset_notes.md ('Summary') and docs/method_notes.md ('Per-dataset settings').
 EXPECTED = {  # key: (C, reduce_zero_label, short_side, crop, stride, prob_thd, background, n_val)
     "voc21": (21, False, 336, 336, 112, 0.2, True, 1449),
     "voc20": (20, True, 336, 336, 112, 0.0, False, 1449),
@@ -33,7 +33,7 @@ FIRST_CLASS = {"voc21": "background", "voc20": "aeroplane", "context60": "backgr
 
 
 def expected_label(key: str, raw: np.ndarray) -> np.ndarray:
-    """Load-time transform written out independently of the package (benchmarks.md §2.4)."""
+    """Load-time transform written out independently of the package (docs/dataset_notes.md, 'Label encodings')."""
     raw = raw.astype(np.int64)
     if BENCHMARKS[key].reduce_zero_label:
         return np.where((raw == 0) | (raw == 255), 255, raw - 1)

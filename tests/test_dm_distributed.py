@@ -26,15 +26,34 @@ def test_sampler_partitions_without_padding(n, world):
         warnings.simplefilter("ignore")
         lens = [len(UnrepeatedDistributedSampler(data, num_replicas=world, rank=r)) for r in range(world)]
     assert lens == [len(s) for s in shards]
+    assert max(lens) - min(lens) <= 1  # balanced: shard lengths differ by at most one
+
+
+@pytest.mark.parametrize("n,world", [(5, 2), (7, 3), (10, 4), (1449, 8), (3, 3)])
+def test_shuffled_sampler_still_partitions_every_epoch(n, world):
+    # Every rank draws the same seeded permutation, so a shuffled epoch is still a partition; set_epoch
+    # changes the order, never the coverage.
+    orders = []
+    for epoch in (0, 1):
+        samplers = [UnrepeatedDistributedSampler(range(n), num_replicas=world, rank=r, shuffle=True, seed=3)
+                    for r in range(world)]
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        shards = [list(s) for s in samplers]
+        assert sorted(i for s in shards for i in s) == list(range(n))  # each index exactly once
+        assert [len(s) for s in shards] == [len(s) for s in samplers] == [len(range(r, n, world)) for r in range(world)]
+        orders.append(shards)
+    if n > 5:  # (tiny splits may draw the same permutation twice)
+        assert orders[0] != orders[1]
 
 
 def test_sampler_is_a_distributed_sampler_and_warns_on_empty_rank():
-    assert issubclass(UnrepeatedDistributedSampler, DistributedSampler)
+    assert issubclass(UnrepeatedDistributedSampler, DistributedSampler)  # so Lightning leaves it in place
     with pytest.warns(UserWarning, match="rank 2 of 3 receives no samples"):
         UnrepeatedDistributedSampler([0, 1], num_replicas=3, rank=2)
-    # torch's default pads: 5 samples on 2 ranks -> index 0 twice.
-    padded = [i for r in range(2) for i in DistributedSampler(range(5), num_replicas=2, rank=r, shuffle=False)]
-    assert sorted(padded) == [0, 0, 1, 2, 3, 4]
+    # 5 samples on 2 ranks (where torch's padding sampler repeats index 0): no repeat, no drop.
+    shards = [list(UnrepeatedDistributedSampler(range(5), num_replicas=2, rank=r)) for r in range(2)]
+    assert shards == [[0, 2, 4], [1, 3]]
 
 
 class _Recorder(pl.LightningModule):

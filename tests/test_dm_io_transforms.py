@@ -15,7 +15,7 @@ from datamodules.synthetic import voc_palette
 
 # ---------------------------------------------------------------- resize rule
 @pytest.mark.parametrize("hw,short,expected", [
-    ((375, 500), 336, (336, 448)),     # method.md §4 table
+    ((375, 500), 336, (336, 448)),     # docs/method_notes.md, 'Image preprocessing'
     ((427, 640), 336, (336, 504)),
     ((333, 500), 336, (336, 505)),     # upscaled
     ((512, 683), 448, (448, 598)),

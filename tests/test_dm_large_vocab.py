@@ -15,6 +15,7 @@ from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl.metrics import SegmentationIoU
 from proxyclip_pl.native_protocols import PROXYCLIP_PROTOCOLS, protocol_for
 from proxyclip_pl.vocabulary import load_vocabulary
+from references import mmseg_areas, mmseg_metrics
 
 KEYS = ("ade847", "context459")
 
@@ -95,24 +96,7 @@ def test_16bit_labels_outside_the_class_range_are_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- metric
-def mmseg_areas(pred, label, num_classes, ignore_index):
-    """NumPy transcription of mmseg ``IoUMetric.intersect_and_union`` (torch.histc range semantics)."""
-    mask = label != ignore_index
-    pred, label = pred[mask], label[mask]
-    intersect = pred[pred == label]
-    # histc(bins=C, min=0, max=C-1): values outside [0, C-1] are dropped, C-1 falls in the last bin.
-    hist = lambda x: np.histogram(x.astype(np.float64), bins=num_classes, range=(0, num_classes - 1))[0]  # noqa: E731
-    return hist(intersect), hist(pred), hist(label)
-
-
-def mmseg_miou(preds, labels, num_classes, ignore_index):
-    tot = [sum(a) for a in zip(*(mmseg_areas(p, g, num_classes, ignore_index) for p, g in zip(preds, labels)))]
-    i, p, lab = (np.asarray(t, dtype=np.float64) for t in tot)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = i / (p + lab - i)
-    return round(float(np.nanmean(iou) * 100), 2), iou
-
-
+# mmseg_areas / mmseg_metrics (tests/references.py): mmseg IoUMetric with torch.histc range semantics.
 def fake_predictions(labels, num_classes, seed=0):
     """Right on 60% of the labelled pixels, random elsewhere (including every unlabeled pixel)."""
     rng = np.random.default_rng(seed)
@@ -133,7 +117,7 @@ def test_metric_reproduces_mmseg_histc_arithmetic_and_the_corrected_score(tmp_pa
     C = dm.num_classes
     preds = fake_predictions(labels, C)
     # A torch.histc check of the transcription itself, on one image.
-    t_i, t_p, t_l = mmseg_areas(preds[0], labels[0], C, 255)
+    t_i, _, t_p, t_l = mmseg_areas(preds[0], labels[0], C, 255)
     lab_t = torch.from_numpy(labels[0][labels[0] != 255]).float()
     np.testing.assert_array_equal(torch.histc(lab_t, bins=C, min=0, max=C - 1).numpy(), t_l)
 
@@ -143,7 +127,8 @@ def test_metric_reproduces_mmseg_histc_arithmetic_and_the_corrected_score(tmp_pa
     for p, g in zip(preds, labels):
         for m in (default, corrected, strict):
             m.update(torch.from_numpy(p), torch.from_numpy(g))
-    ref, ref_iou = mmseg_miou(preds, labels, C, 255)
+    ref_metrics = mmseg_metrics(preds, labels, C, 255)
+    ref, ref_iou = round(ref_metrics["mIoU"], 2), ref_metrics["iou"]
     out = default.compute()
     assert out["mIoU"] == ref
     np.testing.assert_array_equal(np.isnan(out["iou"].numpy()), np.isnan(ref_iou))
@@ -154,7 +139,7 @@ def test_metric_reproduces_mmseg_histc_arithmetic_and_the_corrected_score(tmp_pa
     np.testing.assert_array_equal(default.label_area.numpy(), conf.sum(1))
     assert extra.sum() == sum(int(((g == 65535)).sum()) for g in labels)
     # --ignore-index 65535: class 255 is scored, unlabeled pixels are not; equals the strict metric.
-    ref65535, _ = mmseg_miou(preds, labels, C, 65535)
+    ref65535 = round(mmseg_metrics(preds, labels, C, 65535)["mIoU"], 2)
     assert corrected.compute()["mIoU"] == strict.compute()["mIoU"] == ref65535
     assert corrected.compute()["mIoU"] > out["mIoU"]  # unions were inflated by the unlabeled pixels
     # Under the published arithmetic class 255 has no label pixels: its IoU is 0 (predicted somewhere) or NaN.

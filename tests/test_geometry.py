@@ -1,11 +1,12 @@
-"""Resize rule, window grid and positional-embedding interpolation against method.md's worked examples."""
+"""Resize rule, window grid and positional-embedding interpolation against worked examples
+(docs/method_notes.md, 'Image preprocessing', 'Sliding window' and 'Positional embeddings')."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.transforms import rescale_size
+from datamodules.resize import rescale_size
 from proxyclip_pl.positional_embedding import interpolate_pos_embed_dino, resample_pos_embed_by_size
 from proxyclip_pl.sliding_window import symmetric_padding, window_counts, window_grid
 
@@ -64,7 +65,7 @@ def test_dino_rule_is_scale_factor_bicubic_without_antialias():
     assert torch.allclose(out[1:], ref.permute(0, 2, 3, 1).reshape(-1, 32), atol=1e-6)
     # row-major with rows from the height: entry (r, c) sits at 1 + r * 28 + c
     assert torch.allclose(out[1 + 3 * 28 + 5], ref[0, :, 3, 5], atol=1e-6)
-    # the size-based form (and antialias) differ noticeably on random data (spec: ~0.3)
+    # the size-based form (and antialias) differ noticeably on random data (~0.3)
     by_size = resample_pos_embed_by_size(pos, 21, 28)
     by_size_aa = resample_pos_embed_by_size(pos, 21, 28, antialias=True)
     assert (out - by_size).abs().max() > 0.1 and (by_size - by_size_aa).abs().max() > 0.05

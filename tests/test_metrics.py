@@ -1,52 +1,18 @@
-"""Tests for proxyclip_pl.metrics.SegmentationIoU against a NumPy port of MMSeg's IoUMetric."""
+"""Tests for proxyclip_pl.metrics.SegmentationIoU against the NumPy port of MMSeg's IoUMetric (tests/references.py)."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from references import mmseg_metrics
 
 from proxyclip_pl.metrics import SegmentationIoU, metrics_from_areas
 
 IGNORE = 255
-
-
-# --------------------------------------------------------------------------------------------
-# NumPy transcription of mmseg.evaluation.metrics.IoUMetric
-# (intersect_and_union + total_area_to_metrics + the nanmean/round in compute_metrics).
-# --------------------------------------------------------------------------------------------
-def ref_intersect_and_union(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = IGNORE):
-    mask = label != ignore_index
-    pred = pred[mask]
-    label = label[mask]
-    intersect = pred[pred == label]
-    # torch.histc(x, bins=C, min=0, max=C-1): values outside [0, C-1] are dropped.
-    hist = lambda x: np.histogram(x, bins=num_classes, range=(0, num_classes - 1))[0].astype(np.float64)  # noqa: E731
-    area_intersect = hist(intersect)
-    area_pred = hist(pred)
-    area_label = hist(label)
-    area_union = area_pred + area_label - area_intersect
-    return area_intersect, area_union, area_pred, area_label
-
-
-def ref_metrics(preds, labels, num_classes: int, ignore_index: int = IGNORE) -> dict:
-    results = [ref_intersect_and_union(p, g, num_classes, ignore_index) for p, g in zip(preds, labels)]
-    total_i = sum(r[0] for r in results)
-    total_u = sum(r[1] for r in results)
-    total_l = sum(r[3] for r in results)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        all_acc = total_i.sum() / total_l.sum()
-        iou = total_i / total_u
-        acc = total_i / total_l
-    with warnings.catch_warnings():  # all-NaN slice -> NaN, like mmseg
-        warnings.simplefilter("ignore", RuntimeWarning)
-        miou = np.nanmean(iou) * 100
-        macc = np.nanmean(acc) * 100
-    return {"iou": iou, "acc": acc, "mIoU": miou, "mAcc": macc, "aAcc": all_acc * 100}
 
 
 def _assert_nan_equal(a, b, tol=1e-9):
@@ -66,7 +32,7 @@ def _assert_scalar(ours: float, ref: float, tol: float):
 
 def check_against_reference(metric: SegmentationIoU, preds, labels, num_classes: int):
     out = metric.compute()
-    ref = ref_metrics(preds, labels, num_classes)
+    ref = mmseg_metrics(preds, labels, num_classes)
     # Unrounded internals (float64 both sides): agreement far below 1e-6.
     _assert_nan_equal(out["iou"].numpy(), ref["iou"], tol=1e-12)
     _assert_nan_equal(out["acc"].numpy(), ref["acc"], tol=1e-12)
@@ -75,7 +41,7 @@ def check_against_reference(metric: SegmentationIoU, preds, labels, num_classes:
         _assert_scalar(raw[k], ref[k], 1e-6)
         # Rounded output is the 2-decimal rounding of the exact value ...
         _assert_scalar(out[k], round(float(ref[k]), 2) if not math.isnan(ref[k]) else math.nan, 1e-9)
-        # ... and within the spec's tolerance of mmseg's np.round.
+        # ... and within 0.005 of mmseg's np.round (docs/dataset_notes.md, 'The metric').
         _assert_scalar(out[k], float(np.round(ref[k], 2)), 0.005 + 1e-9)
     for key, arr in (("per_class_iou", ref["iou"]), ("per_class_acc", ref["acc"])):
         assert len(out[key]) == num_classes
@@ -233,10 +199,30 @@ def test_all_ignored_gives_nan():
     assert out["num_images"] == 1
 
 
-def test_reference_transcription_drops_out_of_range_like_histc():
-    # Spec §5.3 example: pred 5 >= C is dropped from P by histc -> IoU [0.5, 1, 1, 1].
-    ref = ref_metrics([np.array([0, 1, 2, 3, 5])], [np.array([0, 1, 2, 3, 0])], 4)
-    np.testing.assert_allclose(ref["iou"], [0.5, 1, 1, 1])
+def test_mmseg_histc_mode_matches_reference_on_out_of_range_labels():
+    # Labels >= C that are not ignore_index (ADE-847's 65535): mmseg's histc drops them from L (and I) while
+    # the predictions there still count in P. Hand example, C = 4, GT [0, 1, 2, 3, 7], pred [0, 1, 2, 3, 1]:
+    # I = [1, 1, 1, 1], P = [1, 2, 1, 1], L = [1, 1, 1, 1] -> U = [1, 2, 1, 1], IoU = [1, 0.5, 1, 1].
+    pred, label = np.array([[0, 1, 2, 3, 1]]), np.array([[0, 1, 2, 3, 7]])
+    m = SegmentationIoU(num_classes=4, mmseg_histc=True)
+    m.update(torch.from_numpy(pred), torch.from_numpy(label))
+    assert m.intersect.tolist() == [1, 1, 1, 1] and m.pred_area.tolist() == [1, 2, 1, 1]
+    assert m.label_area.tolist() == [1, 1, 1, 1] and m.compute()["per_class_iou"] == [100.0, 50.0, 100.0, 100.0]
+    np.testing.assert_allclose(mmseg_metrics([pred], [label], 4)["iou"], [1, 0.5, 1, 1])
+    with pytest.raises(ValueError, match="target"):  # the strict default refuses such a label
+        SegmentationIoU(num_classes=4).update(torch.from_numpy(pred), torch.from_numpy(label))
+    # Random maps with ignored pixels, out-of-range labels (5, 9, 65535) and an ignore_index inside the range.
+    rng = np.random.default_rng(13)
+    preds = [rng.integers(0, 5, size=(9, 11)) for _ in range(3)]
+    labels = [rng.choice([0, 1, 2, 3, 4, 5, 9, 255, 65535], size=(9, 11)) for _ in range(3)]
+    for ignore_index in (255, 65535, 2):
+        m = SegmentationIoU(num_classes=5, mmseg_histc=True, ignore_index=ignore_index)
+        for p, g in zip(preds, labels):
+            m.update(torch.from_numpy(p), torch.from_numpy(g))
+        ref = mmseg_metrics(preds, labels, 5, ignore_index)
+        for name in ("intersect", "pred_area", "label_area"):
+            np.testing.assert_array_equal(getattr(m, name).numpy(), ref[name], err_msg=name)
+        _assert_nan_equal(m.compute()["iou"].numpy(), ref["iou"], tol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +402,7 @@ def test_simulated_ddp_sync_equals_single_metric():
     local_intersect = r0.intersect.clone()
     freeze()
     out0, out1 = r0.compute(), r1.compute()
-    ref = ref_metrics(preds, labels, c)
+    ref = mmseg_metrics(preds, labels, c)
     for out in (out0, out1):
         assert out["num_images"] == n
         _assert_nan_equal(out["iou"].numpy(), ref["iou"], tol=1e-12)

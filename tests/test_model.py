@@ -1,4 +1,10 @@
-"""ProxyCLIP against a direct, unbatched transcription of method.md §5-§9, plus batching and robustness."""
+"""ProxyCLIP against a direct, unbatched transcription of the method, plus batching and robustness.
+
+The per-window math (CLIP values, DINO features, proxy attention, projection) is transcribed here; the
+window loop and the post-processing come from the package's one plain reference,
+:mod:`proxyclip_pl.reference`. See docs/method_notes.md ('CLIP forward up to the last block', 'Last block
+and value embeddings', 'Proxy attention', 'Per-window logits', 'Sliding window', 'Post-processing').
+"""
 from __future__ import annotations
 
 import math
@@ -10,6 +16,7 @@ import torch.nn.functional as F
 
 from proxyclip_pl import ProxyCLIP
 from proxyclip_pl.postprocess import logits_to_labels
+from proxyclip_pl.reference import onehot_postprocess, slide_window_logits
 from proxyclip_pl.vfm import vfm_features
 from tiny_models import TINY_VFMS, tiny_clip, tiny_vfm
 
@@ -20,9 +27,10 @@ INET_STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(3, 1, 1
 VOCAB = [["sky", "cloud"], ["cat"], ["dog", "puppy", "hound"], ["grass"]]
 
 
-# --------------------------------------------------------------------------- reference (spec, unbatched)
+# ------------------------------------------------------------------------- per-window reference (unbatched)
 def ref_dino_pos(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-    """method.md §5.2 for a [1 + s*s, D] table."""
+    """The DINO positional-embedding rule (scale factor with +0.1) for a [1 + s*s, D] table
+    (docs/method_notes.md, 'Positional embeddings')."""
     side = int(math.sqrt(pos.shape[0] - 1))
     if (gh, gw) == (side, side):
         return pos
@@ -32,7 +40,8 @@ def ref_dino_pos(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
 
 
 def ref_clip_values(visual, crop: torch.Tensor):
-    """Values V [D, gh, gw] of ln_1 of the tokens entering the last block (method.md §5, §6.1)."""
+    """Values V [D, gh, gw] of ln_1 of the tokens entering the last block
+    (docs/method_notes.md, 'CLIP forward up to the last block' and 'Last block and value embeddings')."""
     x = ((crop - CLIP_MEAN.to(crop)) / CLIP_STD.to(crop))[None]
     x = visual.conv1(x)
     width, gh, gw = x.shape[1:]
@@ -48,67 +57,82 @@ def ref_clip_values(visual, crop: torch.Tensor):
     return v[1:].T.reshape(width, gh, gw)
 
 
-def ref_dino_features(vfm, crop: torch.Tensor) -> torch.Tensor:
-    """DINO v1 features [C, H, W]: last block, final norm, CLS dropped (method.md §2.2)."""
+def ref_dino_tokens(vfm, crop: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """DINO v1 tokens [1, 1 + H*W, C] entering the blocks (CLS first) and the grid (H, W)."""
     x = ((crop - INET_MEAN.to(crop)) / INET_STD.to(crop))[None]
     x = vfm.patch_embed.proj(x)
     c, h, w = x.shape[1:]
     x = x.reshape(1, c, h * w).permute(0, 2, 1)
-    x = torch.cat([vfm.cls_token, x], dim=1) + ref_dino_pos(vfm.pos_embed[0], h, w)
+    return torch.cat([vfm.cls_token, x], dim=1) + ref_dino_pos(vfm.pos_embed[0], h, w), (h, w)
+
+
+def ref_dino_features(vfm, crop: torch.Tensor) -> torch.Tensor:
+    """DINO v1 features [C, H, W]: last block, final norm, CLS dropped (docs/method_notes.md, 'VFM features')."""
+    x, (h, w) = ref_dino_tokens(vfm, crop)
     for block in vfm.blocks:
         x = block(x)
-    return vfm.norm(x)[0, 1:].T.reshape(c, h, w)
+    return vfm.norm(x)[0, 1:].T.reshape(-1, h, w)
 
 
-def ref_crop_logits(model: ProxyCLIP, crop: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-    """One window [3, h, w] in [0, 1] -> [Q, h, w] (method.md §6-§7)."""
-    visual = model.clip.visual
-    values = ref_clip_values(visual, crop)
-    if features is None:
-        features = ref_dino_features(model.vfm, crop)
+def ref_dino_raw_attention(vfm, crop: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The raw-VFM-attention ablation's attention, literally: the last DINO block's own softmax(q k^T / sqrt(d))
+    per head among the patch tokens only (CLS key and query dropped, rows renormalised by the softmax),
+    averaged over the heads. Returns [H*W, H*W] (rows sum to 1) and the grid (H, W)."""
+    x, grid = ref_dino_tokens(vfm, crop)
+    for block in vfm.blocks[:-1]:
+        x = block(x)
+    last = vfm.blocks[-1]
+    u = last.norm1(x)[0, 1:]  # [N, C], patch tokens only
+    width = u.shape[-1]
+    heads = last.attn.num_heads
+    dim = width // heads
+    qkv = u @ last.attn.qkv.weight.T + last.attn.qkv.bias  # [N, 3C]: q | k | v, each head a block of dim
+    per_head = []
+    for head in range(heads):
+        q = qkv[:, head * dim:(head + 1) * dim]
+        k = qkv[:, width + head * dim:width + (head + 1) * dim]
+        per_head.append(torch.softmax(q @ k.T / math.sqrt(dim), dim=-1))
+    return torch.stack(per_head).mean(dim=0), grid
+
+
+def ref_proxy_attention(model: ProxyCLIP, features: torch.Tensor) -> torch.Tensor:
+    """Proxy attention [N, N] from VFM features [C, H, W] (docs/method_notes.md, 'Proxy attention')."""
     c, h, w = features.shape
-    values = F.interpolate(values[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    values = values.reshape(values.shape[0], h * w).T
     f = features.reshape(c, h * w)
     f = f / f.norm(dim=0, keepdim=True)
     s = f.T @ f
     a = model.gamma * (s - model.beta * s.mean())
     a[a < 0] = float("-inf")
-    p = torch.softmax(a, dim=-1)
-    z = visual.transformer.resblocks[-1].attn.out_proj(p @ values)
+    return torch.softmax(a, dim=-1)
+
+
+def ref_logits_from_attention(model: ProxyCLIP, crop: torch.Tensor, attention: torch.Tensor,
+                              grid: tuple[int, int]) -> torch.Tensor:
+    """CLIP values resized to ``grid``, re-aggregated by ``attention`` [N, N], projected, cosine against the
+    text embeddings, upsampled to the window: [Q, h, w] (docs/method_notes.md, 'Last block and value
+    embeddings' and 'Per-window logits')."""
+    visual = model.clip.visual
+    h, w = grid
+    values = ref_clip_values(visual, crop)
+    values = F.interpolate(values[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    values = values.reshape(values.shape[0], h * w).T
+    z = visual.transformer.resblocks[-1].attn.out_proj(attention.to(values.dtype) @ values)
     e = visual.ln_post(z) @ visual.proj
     e = e / e.norm(dim=-1, keepdim=True)
     logits = (e @ model.text_embeddings.T).T.reshape(-1, h, w)
     return F.interpolate(logits[None], size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
 
 
+def ref_crop_logits(model: ProxyCLIP, crop: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    """One window [3, h, w] in [0, 1] -> [Q, h, w] with the proxy attention."""
+    if features is None:
+        features = ref_dino_features(model.vfm, crop)
+    return ref_logits_from_attention(model, crop, ref_proxy_attention(model, features), tuple(features.shape[-2:]))
+
+
 def ref_slide(model: ProxyCLIP, image: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
-    """method.md §8 for [3, H, W] (no padding case) -> [Q, H, W]."""
-    _, hi, wi = image.shape
-    hg = max(hi - crop + stride - 1, 0) // stride + 1
-    wg = max(wi - crop + stride - 1, 0) // stride + 1
-    preds = torch.zeros(len(model.queries), hi, wi)
-    count = torch.zeros(hi, wi)
-    for i in range(hg):
-        for j in range(wg):
-            y1, x1 = i * stride, j * stride
-            y2, x2 = min(y1 + crop, hi), min(x1 + crop, wi)
-            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            preds[:, y1:y2, x1:x2] += ref_crop_logits(model, image[:, y1:y2, x1:x2]).float()
-            count[y1:y2, x1:x2] += 1
-    assert count.min() >= 1
-    return preds / count
-
-
-def ref_postprocess(logits: torch.Tensor, query_to_class: torch.Tensor, scale: float, thd: float) -> torch.Tensor:
-    """method.md §9 literally: softmax over queries, one-hot max over synonyms, argmax, threshold."""
-    prob = torch.softmax(scale * logits, dim=0)
-    num_classes = int(query_to_class.max()) + 1
-    onehot = F.one_hot(query_to_class, num_classes).T.float()  # [C, Q]
-    prob_c = (prob[None] * onehot[:, :, None, None]).max(dim=1).values
-    pred = prob_c.argmax(dim=0)
-    pred[prob_c.max(dim=0).values < thd] = 0
-    return pred
+    """[3, H, W] -> [Q, H, W]: the plain window loop of :mod:`proxyclip_pl.reference` over :func:`ref_crop_logits`."""
+    return slide_window_logits(image, lambda window: ref_crop_logits(model, window), len(model.queries), crop, stride)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -139,7 +163,7 @@ def crops(b: int, h: int, w: int, seed: int = 0, dtype=torch.float32) -> torch.T
 @pytest.mark.parametrize("h,w", [(336, 336), (224, 336), (336, 448), (112, 56)])
 def test_crop_logits_match_reference_float64(model64, h, w):
     x = crops(2, h, w, dtype=torch.float64)
-    got = model64.crop_logits(x)
+    got = model64.window_logits(x)
     assert got.shape == (2, len(model64.queries), h, w)
     for b in range(2):
         ref = ref_crop_logits(model64, x[b])
@@ -149,7 +173,7 @@ def test_crop_logits_match_reference_float64(model64, h, w):
 @pytest.mark.parametrize("h,w", [(336, 336), (336, 448)])
 def test_crop_logits_match_reference_float32(model, h, w):
     x = crops(2, h, w, seed=1)
-    got = model.crop_logits(x)
+    got = model.window_logits(x)
     for b in range(2):
         assert (got[b] - ref_crop_logits(model, x[b])).abs().max() < 1e-5
 
@@ -158,7 +182,7 @@ def test_non_square_grid_is_height_by_width(model64):
     # A transposed crop is a different image; a (W/p, H/p) mix-up shows as a mismatch against the
     # transposition-free reference on a strongly non-square window.
     x = crops(1, 112, 336, seed=3, dtype=torch.float64)
-    got = model64.crop_logits(x)[0]
+    got = model64.window_logits(x)[0]
     assert (got - ref_crop_logits(model64, x[0])).abs().max() < 1e-10
     feats = vfm_features(model64.vfm, "dino", x, 336)
     assert feats.shape[-2:] == (112 // 8, 336 // 8)
@@ -175,8 +199,8 @@ def test_slide_logits_match_reference(model64):
 # -------------------------------------------------------------------------------------- batching
 def test_batched_windows_equal_single_windows(model64):
     x = crops(5, 336, 336, seed=5, dtype=torch.float64)
-    batched = model64.crop_logits(x)
-    single = torch.cat([model64.crop_logits(x[i:i + 1]) for i in range(5)])
+    batched = model64.window_logits(x)
+    single = torch.cat([model64.window_logits(x[i:i + 1]) for i in range(5)])
     assert (batched - single).abs().max() < 1e-12
 
 
@@ -197,8 +221,8 @@ def test_window_mean_is_per_window(model64):
     # A uniform window next to a textured one: with a batch-wide mean the textured window's mask changes.
     x = crops(2, 224, 224, seed=7, dtype=torch.float64)
     x[0] = 0.5
-    batched = model64.crop_logits(x)
-    assert (batched[1] - model64.crop_logits(x[1:])[0]).abs().max() < 1e-12
+    batched = model64.window_logits(x)
+    assert (batched[1] - model64.window_logits(x[1:])[0]).abs().max() < 1e-12
 
 
 # ------------------------------------------------------------------------------------ other VFMs
@@ -240,7 +264,7 @@ def test_other_vfm_crop_logits_match_reference(model64, kind):
     x = crops(1, 224, 224, seed=9, dtype=torch.float64)
     feats = vfm_features(vfm, kind, x, 336)[0]
     ref = ref_crop_logits(m, x[0], features=feats)
-    assert (m.crop_logits(x)[0] - ref).abs().max() < 1e-10
+    assert (m.window_logits(x)[0] - ref).abs().max() < 1e-10
 
 
 # ----------------------------------------------------------------------------------- predict path
@@ -256,7 +280,7 @@ def test_predict_equals_reference_pipeline(model):
         assert tuple(resized.shape[-2:]) == (336, 560)
         logits = ref_slide(model, resized, 336, 112)
         logits = F.interpolate(logits[None], size=(120, 200), mode="bilinear", align_corners=False)[0]
-        ref = ref_postprocess(logits, model.query_to_class, 40.0, 0.3)
+        ref = onehot_postprocess(logits, model.query_to_class, 40.0, 0.3)
         assert labels.dtype == torch.long and labels.shape == (120, 200)
         assert (labels == ref).float().mean() > 0.999
     finally:
@@ -268,7 +292,7 @@ def test_postprocess_matches_literal_softmax_onehot_max():
     q2c = torch.tensor([0, 0, 0, 1, 2, 2, 3])
     logits = torch.randn(7, 30, 40, generator=g) * 0.05
     for thd in (0.0, 0.2, 0.35, 0.6):
-        assert torch.equal(logits_to_labels(logits, q2c, 40.0, thd), ref_postprocess(logits, q2c, 40.0, thd))
+        assert torch.equal(logits_to_labels(logits, q2c, 40.0, thd), onehot_postprocess(logits, q2c, 40.0, thd))
     # synonyms: the class of the best synonym wins even when another class has the larger *sum*
     logits = torch.zeros(7, 1, 1)
     logits[0:3, 0, 0] = torch.tensor([0.30, 0.30, 0.30])
@@ -278,15 +302,9 @@ def test_postprocess_matches_literal_softmax_onehot_max():
 
 # ------------------------------------------------------------------------------------- robustness
 def test_uniform_image_gives_finite_logits_and_valid_labels(model):
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "shared" / "testimages" / "uniform.png"
-    if path.exists():
-        from datamodules.io import read_image
-
-        image = read_image(path)
-    else:
-        image = np.full((150, 200, 3), 128, dtype=np.uint8)
+    # A constant colour: every VFM similarity is 1, so every key would be masked without the guard.
+    image = np.empty((150, 200, 3), dtype=np.uint8)
+    image[:] = (200, 120, 40)
     resized = model.preprocess(image)
     logits = model.slide_logits(resized)
     assert torch.isfinite(logits).all()
@@ -355,15 +373,21 @@ def test_ablations_and_baselines_run_the_documented_math(model64):
     x = crops(1, 224, 224, seed=11, dtype=torch.float64)
     clip, vfm = model64.clip, model64.vfm
     te = model64.text_embeddings
-    base = model64.crop_logits(x)
-    no_mask = ProxyCLIP(clip, vfm, VOCAB, mask=False, text_embeddings=te).double().crop_logits(x)
-    no_norm = ProxyCLIP(clip, vfm, VOCAB, mask=False, normalize=False, text_embeddings=te).double().crop_logits(x)
+    base = model64.window_logits(x)
+    no_mask = ProxyCLIP(clip, vfm, VOCAB, mask=False, text_embeddings=te).double().window_logits(x)
+    no_norm = ProxyCLIP(clip, vfm, VOCAB, mask=False, shift_scale=False, text_embeddings=te).double().window_logits(x)
     assert (base - no_mask).abs().max() > 1e-4 and (no_mask - no_norm).abs().max() > 1e-4
     # normalisation without mask == softmax(gamma * S): the beta shift cancels inside the softmax
-    no_mask_beta = ProxyCLIP(clip, vfm, VOCAB, mask=False, beta=0.5, text_embeddings=te).double().crop_logits(x)
+    no_mask_beta = ProxyCLIP(clip, vfm, VOCAB, mask=False, beta=0.5, text_embeddings=te).double().window_logits(x)
     assert (no_mask - no_mask_beta).abs().max() < 1e-10
+    # raw VFM attention: the DINO last block's own head-averaged patch-to-patch softmax replaces the proxy
+    # attention (computed in float32 by the package, hence the looser tolerance)
     raw = ProxyCLIP(clip, vfm, VOCAB, attention="vfm", text_embeddings=te).double()
-    assert raw.crop_logits(x).shape == base.shape
+    attention, grid = ref_dino_raw_attention(vfm, x[0])
+    raw_ref = ref_logits_from_attention(raw, x[0], attention, grid)
+    assert grid == (224 // 8, 224 // 8) and raw.window_logits(x).shape == base.shape
+    assert (raw.window_logits(x)[0] - raw_ref).abs().max() < 1e-6
+    assert (raw_ref - base[0]).abs().max() > 1e-3  # a different attention gives visibly different logits
     # MaskCLIP: value path only, CLIP grid; vanilla: the last block as is
     visual = clip.visual
     v = ref_clip_values(visual, x[0])  # [D, 14, 14]
@@ -371,9 +395,9 @@ def test_ablations_and_baselines_run_the_documented_math(model64):
     e = F.normalize(e, dim=-1)
     ref = F.interpolate((e @ te.double().T).T.reshape(1, -1, 14, 14), size=(224, 224), mode="bilinear", align_corners=False)
     maskclip = ProxyCLIP(clip, None, VOCAB, attention="maskclip", text_embeddings=te).double()
-    assert (maskclip.crop_logits(x) - ref).abs().max() < 1e-10
+    assert (maskclip.window_logits(x) - ref).abs().max() < 1e-10
     vanilla = ProxyCLIP(clip, None, VOCAB, attention="clip", text_embeddings=te).double()
-    assert (vanilla.crop_logits(x) - maskclip.crop_logits(x)).abs().max() > 1e-4
+    assert (vanilla.window_logits(x) - maskclip.window_logits(x)).abs().max() > 1e-4
     with pytest.raises(ValueError, match="needs a vfm_model"):
         ProxyCLIP(clip, None, VOCAB, text_embeddings=te)
 
@@ -398,9 +422,9 @@ def test_postprocess_chunking_does_not_change_labels():
     full = logits_to_labels(logits, q2c, 40.0, 0.4, chunk_elements=1 << 30)
     for chunk in (1, 53 * 61, 53 * 61 * 5 + 3):
         assert torch.equal(logits_to_labels(logits, q2c, 40.0, 0.4, chunk_elements=chunk), full)
-    assert torch.equal(full, ref_postprocess(logits, q2c, 40.0, 0.4))
+    assert torch.equal(full, onehot_postprocess(logits, q2c, 40.0, 0.4))
     # upsampling inside, a few queries at a time == the official full upsampling then post-processing
     up = F.interpolate(logits[None], size=(120, 97), mode="bilinear", align_corners=False)[0]
     for chunk in (1, 120 * 97 * 2, 1 << 30):
         got = logits_to_labels(logits, q2c, 40.0, 0.4, size=(120, 97), chunk_elements=chunk)
-        assert torch.equal(got, ref_postprocess(up, q2c, 40.0, 0.4))
+        assert torch.equal(got, onehot_postprocess(up, q2c, 40.0, 0.4))
