@@ -617,22 +617,7 @@ def segmenter_classes() -> dict[str, type]:
             "clearclip": ClearCLIP}
 
 
-def build_segmenter(
-    method: str,
-    vocabulary: Sequence[Sequence[str]],
-    protocol: "Protocol",
-    clip: str = DEFAULT_CLIP,
-    clip_weights: str | None = None,
-    vfm: str | None = DEFAULT_VFM,
-    vfm_weights: str = PRETRAINED,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    cache_dir: str | None = None,
-    text_cache_dir: str | Path | None | bool = None,
-    keep_text_tower: bool = False,
-    window_batch_size: int | None = None,
-    **method_kwargs: Any,
-) -> "Segmenter":
+def build_segmenter(method: str, vocabulary: Sequence[Sequence[str]], protocol: "Protocol", **options: Any) -> "Segmenter":
     """Build a built-in method's segmenter under an inference protocol.
 
     Args:
@@ -640,18 +625,12 @@ def build_segmenter(
         vocabulary: one list of synonyms per class.
         protocol: a :class:`~proxyclip_pl.native_protocols.Protocol` (e.g. from
             :func:`~proxyclip_pl.native_protocols.protocol_for`): resize, windows, logit scale, thresholds, PAMR.
-        vfm, vfm_weights: only used by ``proxyclip`` (``vfm=None`` there: its ``maskclip``/``clip`` attention).
-        text_cache_dir, keep_text_tower: as :func:`build_proxyclip` (text embeddings computed and cached once).
-        method_kwargs: further constructor keywords (e.g. ``attention``, ``beta`` for ProxyCLIP;
-            ``gaussian_std`` for NACLIP).
+        options: the towers and method keywords of :func:`build_segmenters` (``clip``, ``clip_weights``, ``vfm``,
+            ``vfm_weights``, ``seed``, ``device``, ``text_cache_dir``, ..., ``beta``, ``gaussian_std``).
     Returns:
         the segmenter on ``device``.
     """
-    return build_segmenters(
-        method, {0: (vocabulary, protocol)}, clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-        seed=seed, device=device, cache_dir=cache_dir, text_cache_dir=text_cache_dir, keep_text_tower=keep_text_tower,
-        window_batch_size=window_batch_size, **method_kwargs,
-    )[0]
+    return build_segmenters(method, {0: (vocabulary, protocol)}, **options)[0]
 
 
 def build_segmenters(
@@ -672,7 +651,17 @@ def build_segmenters(
     """Several segmenters of one method (e.g. one per benchmark) on towers built ONCE.
 
     Args:
-        jobs: key -> (vocabulary, protocol); the other arguments as :func:`build_segmenter`.
+        method: ``proxyclip``, ``maskclip``, ``clip``, ``sclip``, ``naclip`` or ``clearclip``.
+        jobs: key -> (vocabulary, protocol) (see :func:`build_segmenter`).
+        clip, clip_weights: open_clip model name (or config JSON) and weights (tag, checkpoint path or ``random``).
+        vfm, vfm_weights: only used by ``proxyclip`` (``vfm=None`` there: its ``maskclip``/``clip`` attention).
+        seed: seed of ``random`` weights (identical on every process).
+        device: where the towers and segmenters go.
+        cache_dir: open_clip / Hugging Face download cache.
+        text_cache_dir, keep_text_tower: as :func:`build_proxyclip` (text embeddings computed and cached once).
+        window_batch_size: windows per encoder call (``None``: 8 on GPU, 1 on CPU).
+        method_kwargs: further constructor keywords (e.g. ``attention``, ``beta`` for ProxyCLIP;
+            ``gaussian_std`` for NACLIP).
     Returns:
         key -> segmenter on ``device``. All share the same CLIP (and VFM) modules, so segmenters whose windows
         agree share their encoder (:func:`~proxyclip_pl.segmenter.shares_encoder`) and can be evaluated in one

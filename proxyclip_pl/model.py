@@ -8,7 +8,7 @@ original size -> softmax(x logit_scale), max over synonyms, argmax, threshold.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +31,15 @@ ATTENTIONS = ("proxy", "vfm", "maskclip", "clip")
 
 class _ProxyCLIPGeometry(Segmenter):
     """ProxyCLIP's window geometry, shared with its no-VFM baselines: windows padded to a multiple of 56
-    in the sliding window, ``window_logits`` unpadded, ProxyCLIP's positional rule, CLIP's mean/std."""
+    in the sliding window, ``window_logits`` unpadded, ProxyCLIP's positional rule, CLIP's mean/std, and the
+    default windows 336/112 at short side 336."""
 
     pad_multiple = 56
+
+    def __init__(self, clip_model: nn.Module, vocabulary: Sequence[Sequence[str]], *, slide_crop: int = 336,
+                 slide_stride: int = 112, short_side: int = 336, **kwargs: Any) -> None:
+        super().__init__(clip_model, vocabulary, slide_crop=slide_crop, slide_stride=slide_stride,
+                         short_side=short_side, **kwargs)
 
     @torch.no_grad()
     def window_logits(self, windows: torch.Tensor) -> torch.Tensor:
@@ -58,22 +64,13 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         vocabulary: one entry per class (label order), each a list of synonyms.
         vfm_kind: ``dino`` (also any plain timm ViT), ``dinov2``, ``sam`` or ``mae``.
         beta, gamma: proxy-attention shift and inverse temperature (> 0).
-        logit_scale: multiplies the cosine logits before the softmax.
-        prob_thd: pixels whose best class probability is below it become class 0.
-        slide_crop, slide_stride: window side and step (0 < slide_stride <= slide_crop; the official config
-            keys, see :class:`~proxyclip_pl.native_protocols.Protocol`).
-        short_side: test-time resize of ``predict``: short side to this, long side capped at 2048.
-        window_batch_size: windows per encoder call (memory bound; results do not depend on it). Default:
-            8 on a GPU, where batching fills the device; 1 on CPU, where a single window already saturates
-            the cores and larger batches only raise the peak memory (resolved at run time, after any ``.to()``).
         attention: one of :data:`ATTENTIONS`.
         shift_scale, mask: ablations of the proxy attention (paper Table 4, 'normalisation' and 'mask'):
             without the shift by ``beta`` x the mean similarity and the scaling by ``gamma`` the attention
             logits are the raw cosine similarities; without the mask no key is dropped.
-        tokenizer: open_clip tokenizer; defaults to open_clip's BPE tokenizer with the model's context.
-        text_embeddings: precomputed [Q, d] embeddings (e.g. from a cache) instead of encoding prompts.
-        area_thd, pamr_steps: optional post-processing of the common core (off in ProxyCLIP's protocol),
-            see :class:`~proxyclip_pl.segmenter.Segmenter`.
+        segmenter_kwargs: the common core's settings (logit scale, ``prob_thd``, windows, test resize,
+            ``window_batch_size``, tokenizer / text embeddings, ``area_thd``, ``pamr_steps``), see
+            :class:`~proxyclip_pl.segmenter.Segmenter`; defaults: ProxyCLIP's 336/112 windows, short side 336.
     """
 
     method = "proxyclip"
@@ -83,40 +80,26 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         clip_model: nn.Module,
         vfm_model: nn.Module | None,
         vocabulary: Sequence[Sequence[str]],
+        *,
         vfm_kind: str = "dino",
         beta: float = 1.2,
         gamma: float = 3.0,
-        logit_scale: float = 40.0,
-        prob_thd: float = 0.0,
-        slide_crop: int = 336,
-        slide_stride: int = 112,
-        short_side: int = 336,
-        *,
-        window_batch_size: int | None = None,
         attention: str = "proxy",
         shift_scale: bool = True,
         mask: bool = True,
-        long_side_cap: int = 2048,
-        tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
-        text_embeddings: torch.Tensor | None = None,
-        area_thd: float | None = None,
-        pamr_steps: int = 0,
+        **segmenter_kwargs: Any,
     ) -> None:
         _require(vfm_kind in VFM_KINDS, f"unknown vfm_kind {vfm_kind!r}; expected one of {', '.join(VFM_KINDS)}")
         _require(attention in ATTENTIONS, f"unknown attention {attention!r}; expected one of {', '.join(ATTENTIONS)}")
         _require(beta > 0, f"beta must be positive, got {beta}")
         _require(gamma > 0, f"gamma must be positive, got {gamma}")
         # The core checks the other settings; it also allows slide_crop = 0 (whole image), ProxyCLIP does not.
+        slide_crop = segmenter_kwargs.get("slide_crop", 336)
         _require(slide_crop > 0, f"slide_crop must be positive, got {slide_crop}")
         if attention in ("proxy", "vfm"):
             _require(vfm_model is not None, f"attention={attention!r} needs a vfm_model")
             check_vfm(vfm_model, vfm_kind)
-        super().__init__(
-            clip_model, vocabulary, logit_scale=logit_scale, prob_thd=prob_thd, slide_crop=slide_crop,
-            slide_stride=slide_stride, short_side=short_side, long_side_cap=long_side_cap, tokenizer=tokenizer,
-            text_embeddings=text_embeddings, area_thd=area_thd, pamr_steps=pamr_steps,
-            window_batch_size=window_batch_size,
-        )
+        super().__init__(clip_model, vocabulary, **segmenter_kwargs)
         self.vfm = vfm_model.eval().requires_grad_(False) if vfm_model is not None else None
         self.vfm_kind = vfm_kind
         self.beta, self.gamma = float(beta), float(gamma)
@@ -161,11 +144,6 @@ class MaskCLIP(_ProxyCLIPGeometry):
     336/112 windows, short side 336)."""
 
     method = "maskclip"
-
-    def __init__(self, clip_model: nn.Module, vocabulary: Sequence[Sequence[str]], *, slide_crop: int = 336,
-                 slide_stride: int = 112, short_side: int = 336, **kwargs) -> None:
-        super().__init__(clip_model, vocabulary, slide_crop=slide_crop, slide_stride=slide_stride,
-                         short_side=short_side, **kwargs)
 
     def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         tokens, grid = self.tokens(self.normalize_input(windows))
