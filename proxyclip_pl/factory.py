@@ -13,6 +13,7 @@ Model names may also be JSON files: an open_clip model config for CLIP, or
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -508,37 +509,38 @@ def build_vfm(name: str = DEFAULT_VFM, weights: str = PRETRAINED, seed: int = 0,
     return model.eval().requires_grad_(False), kind or vfm_kind_of(model)
 
 
-def build_proxyclip(
-    vocabulary: Sequence[Sequence[str]],
-    clip: str = DEFAULT_CLIP,
-    clip_weights: str | None = None,
-    vfm: str | None = DEFAULT_VFM,
-    vfm_weights: str = PRETRAINED,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    cache_dir: str | None = None,
-    text_cache_dir: str | Path | None | bool = None,
-    keep_text_tower: bool = False,
-    **proxyclip_kwargs: Any,
-) -> "ProxyCLIP":
+def build_proxyclip(vocabulary: Sequence[Sequence[str]], **options: Any) -> "ProxyCLIP":
     """Build :class:`~proxyclip_pl.ProxyCLIP` from names (``vfm=None`` for the no-VFM baselines).
 
     Args:
-        text_cache_dir: where text embeddings are cached (default: :func:`text_cache.default_cache_dir`);
-            ``False`` disables the cache.
-        keep_text_tower: the text tower is only needed for the text embeddings; it is freed after they
-            are computed (ViT-B/16: 252 MB) unless this is set.
-        proxyclip_kwargs: constructor keywords of :class:`~proxyclip_pl.ProxyCLIP` (``beta``, ``slide_crop``, ...).
+        vocabulary: one list of synonyms per class.
+        options: where the towers come from (the fields of :class:`Towers`: ``clip``, ``clip_weights``, ``vfm``,
+            ``vfm_weights``, ``seed``, ``device``, ``cache_dir``, ``text_cache_dir``, ``keep_text_tower``) and
+            :class:`~proxyclip_pl.ProxyCLIP`'s constructor keywords (``beta``, ``slide_crop``, ...).
     Returns:
         the model on ``device``.
     """
-    towers = Towers(clip, clip_weights, vfm, vfm_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower)
-    return _build_on_shared_towers("proxyclip", {0: (vocabulary, dict(proxyclip_kwargs))}, towers)[0]
+    towers, proxyclip_kwargs = _split_tower_options(options)
+    return _build_on_shared_towers("proxyclip", {0: (vocabulary, proxyclip_kwargs)}, towers)[0]
 
 
 @dataclass(frozen=True)
 class Towers:
-    """Where the towers of a build come from (see :func:`build_segmenter` for the fields)."""
+    """Where the towers of a build come from.
+
+    Attributes:
+        clip, clip_weights: open_clip model name (or config JSON) and weights (pretrained tag, checkpoint path or
+            ``random``; ``None``: the preset's tag).
+        vfm, vfm_weights: timm VFM name (or spec JSON) and weights (``pretrained``, checkpoint path or ``random``);
+            only ProxyCLIP uses them (``vfm=None``: its ``maskclip``/``clip`` attention).
+        seed: seed of ``random`` weights (identical on every process).
+        device: where the towers and the segmenters go.
+        cache_dir: open_clip / Hugging Face download cache.
+        text_cache_dir: where text embeddings are cached (default: :func:`text_cache.default_cache_dir`);
+            ``False`` disables the cache.
+        keep_text_tower: the text tower is only needed for the text embeddings; it is freed after they are
+            computed (ViT-B/16: 252 MB) unless this is set.
+    """
 
     clip: str = DEFAULT_CLIP
     clip_weights: str | None = None
@@ -549,6 +551,13 @@ class Towers:
     cache_dir: str | None = None
     text_cache_dir: str | Path | None | bool = None
     keep_text_tower: bool = False
+
+
+def _split_tower_options(options: Mapping[str, Any]) -> tuple[Towers, dict[str, Any]]:
+    """Keyword options -> (the :class:`Towers` fields among them, the rest: constructor keywords)."""
+    fields = {f.name for f in dataclasses.fields(Towers)}
+    return (Towers(**{k: v for k, v in options.items() if k in fields}),
+            {k: v for k, v in options.items() if k not in fields})
 
 
 def _build_on_shared_towers(method: str, jobs: Mapping[Hashable, tuple[Sequence[Sequence[str]], dict[str, Any]]],
@@ -636,37 +645,23 @@ def build_segmenter(method: str, vocabulary: Sequence[Sequence[str]], protocol: 
 def build_segmenters(
     method: str,
     jobs: Mapping[Hashable, tuple[Sequence[Sequence[str]], "Protocol"]],
-    clip: str = DEFAULT_CLIP,
-    clip_weights: str | None = None,
-    vfm: str | None = DEFAULT_VFM,
-    vfm_weights: str = PRETRAINED,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    cache_dir: str | None = None,
-    text_cache_dir: str | Path | None | bool = None,
-    keep_text_tower: bool = False,
     window_batch_size: int | None = None,
-    **method_kwargs: Any,
+    **options: Any,
 ) -> dict[Hashable, "Segmenter"]:
     """Several segmenters of one method (e.g. one per benchmark) on towers built ONCE.
 
     Args:
         method: ``proxyclip``, ``maskclip``, ``clip``, ``sclip``, ``naclip`` or ``clearclip``.
         jobs: key -> (vocabulary, protocol) (see :func:`build_segmenter`).
-        clip, clip_weights: open_clip model name (or config JSON) and weights (tag, checkpoint path or ``random``).
-        vfm, vfm_weights: only used by ``proxyclip`` (``vfm=None`` there: its ``maskclip``/``clip`` attention).
-        seed: seed of ``random`` weights (identical on every process).
-        device: where the towers and segmenters go.
-        cache_dir: open_clip / Hugging Face download cache.
-        text_cache_dir, keep_text_tower: as :func:`build_proxyclip` (text embeddings computed and cached once).
         window_batch_size: windows per encoder call (``None``: 8 on GPU, 1 on CPU).
-        method_kwargs: further constructor keywords (e.g. ``attention``, ``beta`` for ProxyCLIP;
-            ``gaussian_std`` for NACLIP).
+        options: where the towers come from (the fields of :class:`Towers`) and further constructor keywords
+            (e.g. ``attention``, ``beta`` for ProxyCLIP; ``gaussian_std`` for NACLIP).
     Returns:
         key -> segmenter on ``device``. All share the same CLIP (and VFM) modules, so segmenters whose windows
         agree share their encoder (:func:`~proxyclip_pl.segmenter.shares_encoder`) and can be evaluated in one
         pass (:func:`~proxyclip_pl.segmenter.shared_slide_logits`).
     """
+    from .native_protocols import Protocol
     from .segmenter import protocol_kwargs
 
     if method not in segmenter_classes():
@@ -675,11 +670,11 @@ def build_segmenters(
     for _vocabulary, protocol in jobs.values():
         if not isinstance(protocol, Protocol):
             raise TypeError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+    towers, method_kwargs = _split_tower_options(options)
     constructor_jobs = {
         key: (vocabulary, {**protocol_kwargs(protocol), "window_batch_size": window_batch_size, **method_kwargs})
         for key, (vocabulary, protocol) in jobs.items()
     }
-    towers = Towers(clip, clip_weights, vfm, vfm_weights, seed, device, cache_dir, text_cache_dir, keep_text_tower)
     return _build_on_shared_towers(method, constructor_jobs, towers)
 
 
