@@ -135,18 +135,23 @@ _COMMON_DIFFERENCES = (
     "no VFM: the last CLIP block itself is modified; features on the CLIP grid (stride 16)",
 )
 
+#: What NACLIP inherits from SCLIP's code base: input normalisation, class-name files, PAMR, no window padding.
+_SCLIP_LINEAGE = dict(
+    mean=OFFICIAL_MEAN,
+    std=OFFICIAL_STD,
+    synonym_separator=", ",
+    pamr_dilations=(8, 16),
+    window_padding="none: the conv floors the grid and the logits are stretched bilinearly over the window",
+)
+
 METHODS: Mapping[str, MethodInfo] = MappingProxyType({
     "sclip": MethodInfo(
         repository="wangf3014/SCLIP",
         commit="b56bd3014b9e8a3ee3450bcfc53700a67d627b7a",
         files=("clip/model.py", "clip_segmentor.py", "pamr.py", "configs/base_config.py", "configs/cfg_*.py",
                "configs/cls_*.txt"),
-        mean=OFFICIAL_MEAN,
-        std=OFFICIAL_STD,
-        synonym_separator=", ",
-        pamr_dilations=(8, 16),
+        **_SCLIP_LINEAGE,
         precision="fp16 (OpenAI clip.load on CUDA)",
-        window_padding="none: the conv floors the grid and the logits are stretched bilinearly over the window",
         differences_from_proxyclip=_COMMON_DIFFERENCES + (
             "last block: correlative self-attention, residuals and MLP kept",
             "windows 224/112 instead of 336/112; test short side 336 (coco_stuff 448, cityscapes 560)",
@@ -162,12 +167,8 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
         commit="0cac3a651f753b11315ea799cfbfabf79da1bd76",
         files=("clip/model.py", "naclip.py", "pamr.py", "eval.py", "test_all.sh", "configs/base_config.py",
                "configs/cfg_*.py", "configs/cls_*.txt"),
-        mean=OFFICIAL_MEAN,
-        std=OFFICIAL_STD,
-        synonym_separator=", ",
-        pamr_dilations=(8, 16),
+        **_SCLIP_LINEAGE,
         precision="fp16 (OpenAI clip.load on CUDA); PAMR affinities in fp32",
-        window_padding="none: the conv floors the grid and the logits are stretched bilinearly over the window",
         differences_from_proxyclip=_COMMON_DIFFERENCES + (
             "last block: k-k attention plus a Gaussian neighbourhood bias (std 5), no residual, no MLP",
             "voc21/voc20: whole image, no sliding window; elsewhere windows 224/112",
