@@ -33,12 +33,8 @@ def self_self_attention(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor
 def clearclip_embeddings(visual: nn.Module, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """ClearCLIP dense embeddings: q-q attention only in the last block, ``ln_post``, ``proj``, CLS dropped.
 
-    Args:
-        visual: open_clip ``VisionTransformer`` (``clip_model.visual``).
-        tokens: [B, 1 + gh*gw, D] tokens entering the last block (batch-first, class token first).
-        grid: (gh, gw), rows from the image height.
-    Returns:
-        [B, gh*gw, d] patch embeddings, not normalised.
+    Arguments and result as :func:`~proxyclip_pl.correlative_attention.sclip_embeddings` (``visual``, the tokens
+    [B, 1 + gh*gw, D] entering the last block, ``grid``) -> [B, gh*gw, d] patch embeddings, not normalised.
     """
     check_tokens(tokens, grid)
     z = visual.transformer.resblocks[-1].attn.out_proj(self_self_attention(visual, tokens))
