@@ -11,52 +11,21 @@ from .custom import CARD_KEYS, DatasetCardError, custom_preset, read_card
 from .presets import BENCHMARKS, BenchmarkPreset
 
 
-class VOC21DataModule(SegmentationDataModule):
-    preset = BENCHMARKS["voc21"]
+def _benchmark_datamodule(key: str, name: str) -> type[SegmentationDataModule]:
+    """``class <name>(SegmentationDataModule): preset = BENCHMARKS[key]``: one importable class per benchmark."""
+    doc = f"LightningDataModule of the {key} test split (a :class:`SegmentationDataModule` with its preset)."
+    return type(name, (SegmentationDataModule,), {"preset": BENCHMARKS[key], "__module__": __name__, "__doc__": doc})
 
 
-class VOC20DataModule(SegmentationDataModule):
-    preset = BENCHMARKS["voc20"]
-
-
-class Context60DataModule(SegmentationDataModule):
-    preset = BENCHMARKS["context60"]
-
-
-class Context59DataModule(SegmentationDataModule):
-    preset = BENCHMARKS["context59"]
-
-
-class COCOObjectDataModule(SegmentationDataModule):
-    preset = BENCHMARKS["coco_object"]
-
-
-class COCOStuffDataModule(SegmentationDataModule):
-    preset = BENCHMARKS["coco_stuff"]
-
-
-class CityscapesDataModule(SegmentationDataModule):
-    preset = BENCHMARKS["cityscapes"]
-
-
-class ADE20KDataModule(SegmentationDataModule):
-    preset = BENCHMARKS["ade20k"]
-
-
-class ADE847DataModule(SegmentationDataModule):
-    preset = BENCHMARKS["ade847"]
-
-
-class Context459DataModule(SegmentationDataModule):
-    preset = BENCHMARKS["context459"]
-
-
-DATAMODULES: dict[str, type[SegmentationDataModule]] = {
-    cls.preset.key: cls
-    for cls in (VOC21DataModule, VOC20DataModule, Context60DataModule, Context59DataModule,
-                COCOObjectDataModule, COCOStuffDataModule, CityscapesDataModule, ADE20KDataModule,
-                ADE847DataModule, Context459DataModule)
-}
+#: benchmark key -> its LightningDataModule class.
+DATAMODULES: dict[str, type[SegmentationDataModule]] = {key: _benchmark_datamodule(key, name) for key, name in {
+    "voc21": "VOC21DataModule", "voc20": "VOC20DataModule", "context60": "Context60DataModule",
+    "context59": "Context59DataModule", "coco_object": "COCOObjectDataModule", "coco_stuff": "COCOStuffDataModule",
+    "cityscapes": "CityscapesDataModule", "ade20k": "ADE20KDataModule", "ade847": "ADE847DataModule",
+    "context459": "Context459DataModule",
+}.items()}
+(VOC21DataModule, VOC20DataModule, Context60DataModule, Context59DataModule, COCOObjectDataModule,
+ COCOStuffDataModule, CityscapesDataModule, ADE20KDataModule, ADE847DataModule, Context459DataModule) = DATAMODULES.values()
 
 _DM_KWARGS = {"pin_memory", "long_side_cap"}
 _PRESET_FIELDS = {f.name for f in dataclasses.fields(BenchmarkPreset)} - {"key"}
