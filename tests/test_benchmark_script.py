@@ -1,10 +1,7 @@
-"""scripts/benchmark.py: its naive baseline (proxyclip_pl.reference) equals ``predict``; the JSON report is complete."""
+"""proxyclip-benchmark (scripts/benchmark.py): its naive baseline (proxyclip_pl.reference) equals ``predict``; the JSON report is complete."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,14 +10,9 @@ import torch
 from datamodules import BENCHMARKS
 from datamodules.resize import rescale_size
 from proxyclip_pl import build_proxyclip, reference
+from proxyclip_pl.commands import benchmark
 from proxyclip_pl.sliding_window import window_grid
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
-
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-benchmark = importlib.util.module_from_spec(_spec)
-sys.modules["benchmark_script"] = benchmark
-_spec.loader.exec_module(benchmark)
 
 VOCAB = [["background", "wall"], ["cat"], ["dog", "puppy", "hound"], ["grass"]]
 
@@ -203,8 +195,8 @@ def test_memory_probe_argv_round_trips(model_flags):
     args = benchmark.parse_args(["--image-size", "64x48", "--dataset-settings", "voc21", "--crop", "112",
                                  "--threads", "1", "--precision", "16-mixed"] + model_flags)
     argv = benchmark.probe_argv(args, (64, 48))
-    assert argv[2] == "--_memory-probe"
-    probe = benchmark.parse_args(argv[2:])
+    assert argv[1:4] == ["-m", "proxyclip_pl.commands.benchmark", "--_memory-probe"]
+    probe = benchmark.parse_args(argv[3:])
     assert probe.memory_probe and probe.image_sizes == [(64, 48)]
     for name in ("clip", "clip_weights", "vfm", "vfm_weights", "seed", "window_batch_size", "attention", "threads",
                  "precision", "dataset_settings", "crop", "short_side", "stride", "prob_thd", "vocabulary"):

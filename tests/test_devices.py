@@ -5,10 +5,7 @@ raises "Tensor on device cpu is not on the expected device meta", exactly where 
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +14,8 @@ import torch
 from proxyclip_pl import build_proxyclip
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB = [["sky", "cloud"], ["cat"], ["dog", "puppy"]]
 META = torch.device("meta")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_all_on(model: torch.nn.Module, device: torch.device) -> None:
@@ -110,7 +98,8 @@ def test_segment_script_builds_on_the_requested_device(flags, monkeypatch, tmp_p
 
 @pytest.mark.slow
 def test_benchmark_script_builds_on_the_requested_device(flags):
-    benchmark = load_script("benchmark")
+    from proxyclip_pl.commands import benchmark
+
     argv = ["--clip", flags["clip"], "--clip-weights", "random", "--vfm", flags["vfm"], "--vfm-weights", "random",
             "--short-side", "112", "--crop", "112", "--stride", "56"]
     vocabulary, _ = benchmark.resolve_vocabulary(None)

@@ -19,6 +19,7 @@ PROGRAMS = {
     "proxyclip-test": ("evaluate", "test.py"),
     "proxyclip-segment": ("segment", "segment.py"),
     "proxyclip-prepare": ("prepare", "prepare_data.py"),
+    "proxyclip-benchmark": ("benchmark", "benchmark.py"),
 }
 
 
@@ -45,9 +46,7 @@ def test_launcher_runs_the_entry_point(name):
     assert 'if __name__ == "__main__":\n    cli()\n' in source
 
 
-@pytest.mark.parametrize("script", [
-    pytest.param(p.name, marks=pytest.mark.xfail(strict=True, reason="moved to proxyclip_pl.commands last"))
-    if p.name == "benchmark.py" else p.name for p in sorted((ROOT / "scripts").glob("*.py"))])
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.py")))
 def test_scripts_do_not_edit_sys_path(script):
     assert "sys.path" not in (ROOT / "scripts" / script).read_text()
 

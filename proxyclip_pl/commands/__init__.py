@@ -3,4 +3,6 @@
 * :mod:`.evaluate`: ``proxyclip-test`` / ``python scripts/test.py``: benchmark evaluation on any number of devices.
 * :mod:`.segment`: ``proxyclip-segment`` / ``python scripts/segment.py``: one image, free-form class names.
 * :mod:`.prepare`: ``proxyclip-prepare`` / ``python scripts/prepare_data.py``: a benchmark from its official download.
+* :mod:`.benchmark`: ``proxyclip-benchmark`` / ``python scripts/benchmark.py``: ``predict``'s speed against the
+  one-window-at-a-time reference.
 """
