@@ -47,11 +47,11 @@ def test_presets_agree_with_the_kind_read_from_the_model_config():
     assert {n for n in NO_REGISTER_DINOV2 if n.endswith(".lvd142m")} <= set(VFM_MODELS)
 
 
-def _dino_rule_reference(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+def _dino_rule_reference(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
     """DINOv2 hub ``interpolate_pos_encoding`` of the no-register models, written out independently:
     bicubic, scale factor (g + 0.1) / s, align_corners=False, no antialias; then blocks and final norm."""
-    mean, std = (torch.tensor(v, dtype=crops.dtype).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-    x = model.patch_embed.proj((crops - mean) / std)
+    mean, std = (torch.tensor(v, dtype=windows.dtype).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    x = model.patch_embed.proj((windows - mean) / std)
     gh, gw = x.shape[-2:]
     x = x.flatten(2).transpose(1, 2)
     pos = model.pos_embed[0].float()  # the hub model interpolates in fp32, then casts back
@@ -70,13 +70,13 @@ def test_no_register_dinov2_features_follow_the_dino_rule():
     assert kind == "dino"
     check_vfm(model, kind)
     model = model.double()
-    crops = torch.rand(2, 3, 224, 308, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    got = vfm_features(model, kind, crops, 224)  # trained grid 37x37 -> 16x22
-    want = _dino_rule_reference(model, crops)
+    windows = torch.rand(2, 3, 224, 308, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = vfm_features(model, kind, windows, 224)  # trained grid 37x37 -> 16x22
+    want = _dino_rule_reference(model, windows)
     assert got.shape == (2, 48, 16, 22)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     # The register rule (size-based, antialias) gives different features: the kind matters here.
-    assert (vfm_features(model, "dinov2", crops, 224) - want).abs().max() > 1e-3
+    assert (vfm_features(model, "dinov2", windows, 224) - want).abs().max() > 1e-3
 
 
 def test_register_dinov2_keeps_the_size_rule_with_antialias():

@@ -12,7 +12,7 @@ from proxyclip_pl.sliding_window import symmetric_padding, window_counts, window
 
 
 @pytest.mark.parametrize(
-    "w0,h0,short,resized,crop,stride,grid",
+    "w0,h0,short,resized,window_size,stride,grid",
     [
         (500, 375, 336, (448, 336), 336, 112, (1, 2)),
         (640, 427, 336, (504, 336), 336, 112, (1, 3)),
@@ -21,14 +21,14 @@ from proxyclip_pl.sliding_window import symmetric_padding, window_counts, window
         (2048, 1024, 448, (896, 448), 224, 112, (3, 7)),  # Cityscapes: 21 windows
     ],
 )
-def test_resize_and_window_grid_match_spec_table(w0, h0, short, resized, crop, stride, grid):
+def test_resize_and_window_grid_match_spec_table(w0, h0, short, resized, window_size, stride, grid):
     h, w = rescale_size(h0, w0, short)
     assert (w, h) == resized
-    boxes = window_grid(h, w, crop, stride)
+    boxes = window_grid(h, w, window_size, stride)
     assert len(boxes) == grid[0] * grid[1]
     assert len({b[0] for b in boxes}) == grid[0] and len({b[2] for b in boxes}) == grid[1]
-    # every window is a full crop, ends inside the image, and the last ones end at the border
-    assert all(y2 - y1 == min(crop, h) and x2 - x1 == min(crop, w) for y1, y2, x1, x2 in boxes)
+    # every window is full-sized, ends inside the image, and the last ones end at the border
+    assert all(y2 - y1 == min(window_size, h) and x2 - x1 == min(window_size, w) for y1, y2, x1, x2 in boxes)
     assert max(b[1] for b in boxes) == h and max(b[3] for b in boxes) == w
 
 

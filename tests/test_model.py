@@ -39,10 +39,10 @@ def ref_dino_pos(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     return torch.cat([pos[:1].float(), grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)]).to(pos.dtype)
 
 
-def ref_clip_values(visual, crop: torch.Tensor):
+def ref_clip_values(visual, window: torch.Tensor):
     """Values V [D, gh, gw] of ln_1 of the tokens entering the last block
     (docs/method_notes.md, 'CLIP forward up to the last block' and 'Last block and value embeddings')."""
-    x = ((crop - CLIP_MEAN.to(crop)) / CLIP_STD.to(crop))[None]
+    x = ((window - CLIP_MEAN.to(window)) / CLIP_STD.to(window))[None]
     x = visual.conv1(x)
     width, gh, gw = x.shape[1:]
     x = x.reshape(1, width, gh * gw).permute(0, 2, 1)
@@ -57,28 +57,28 @@ def ref_clip_values(visual, crop: torch.Tensor):
     return v[1:].T.reshape(width, gh, gw)
 
 
-def ref_dino_tokens(vfm, crop: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def ref_dino_tokens(vfm, window: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """DINO v1 tokens [1, 1 + H*W, C] entering the blocks (CLS first) and the grid (H, W)."""
-    x = ((crop - INET_MEAN.to(crop)) / INET_STD.to(crop))[None]
+    x = ((window - INET_MEAN.to(window)) / INET_STD.to(window))[None]
     x = vfm.patch_embed.proj(x)
     c, h, w = x.shape[1:]
     x = x.reshape(1, c, h * w).permute(0, 2, 1)
     return torch.cat([vfm.cls_token, x], dim=1) + ref_dino_pos(vfm.pos_embed[0], h, w), (h, w)
 
 
-def ref_dino_features(vfm, crop: torch.Tensor) -> torch.Tensor:
+def ref_dino_features(vfm, window: torch.Tensor) -> torch.Tensor:
     """DINO v1 features [C, H, W]: last block, final norm, CLS dropped (docs/method_notes.md, 'VFM features')."""
-    x, (h, w) = ref_dino_tokens(vfm, crop)
+    x, (h, w) = ref_dino_tokens(vfm, window)
     for block in vfm.blocks:
         x = block(x)
     return vfm.norm(x)[0, 1:].T.reshape(-1, h, w)
 
 
-def ref_dino_raw_attention(vfm, crop: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def ref_dino_raw_attention(vfm, window: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """The raw-VFM-attention ablation's attention, literally: the last DINO block's own softmax(q k^T / sqrt(d))
     per head among the patch tokens only (CLS key and query dropped, rows renormalised by the softmax),
     averaged over the heads. Returns [H*W, H*W] (rows sum to 1) and the grid (H, W)."""
-    x, grid = ref_dino_tokens(vfm, crop)
+    x, grid = ref_dino_tokens(vfm, window)
     for block in vfm.blocks[:-1]:
         x = block(x)
     last = vfm.blocks[-1]
@@ -106,33 +106,34 @@ def ref_proxy_attention(model: ProxyCLIP, features: torch.Tensor) -> torch.Tenso
     return torch.softmax(a, dim=-1)
 
 
-def ref_logits_from_attention(model: ProxyCLIP, crop: torch.Tensor, attention: torch.Tensor,
+def ref_logits_from_attention(model: ProxyCLIP, window: torch.Tensor, attention: torch.Tensor,
                               grid: tuple[int, int]) -> torch.Tensor:
     """CLIP values resized to ``grid``, re-aggregated by ``attention`` [N, N], projected, cosine against the
     text embeddings, upsampled to the window: [Q, h, w] (docs/method_notes.md, 'Last block and value
     embeddings' and 'Per-window logits')."""
     visual = model.clip.visual
     h, w = grid
-    values = ref_clip_values(visual, crop)
+    values = ref_clip_values(visual, window)
     values = F.interpolate(values[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     values = values.reshape(values.shape[0], h * w).T
     z = visual.transformer.resblocks[-1].attn.out_proj(attention.to(values.dtype) @ values)
     e = visual.ln_post(z) @ visual.proj
     e = e / e.norm(dim=-1, keepdim=True)
     logits = (e @ model.text_embeddings.T).T.reshape(-1, h, w)
-    return F.interpolate(logits[None], size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
+    return F.interpolate(logits[None], size=window.shape[-2:], mode="bilinear", align_corners=False)[0]
 
 
-def ref_crop_logits(model: ProxyCLIP, crop: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+def ref_window_logits(model: ProxyCLIP, window: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
     """One window [3, h, w] in [0, 1] -> [Q, h, w] with the proxy attention."""
     if features is None:
-        features = ref_dino_features(model.vfm, crop)
-    return ref_logits_from_attention(model, crop, ref_proxy_attention(model, features), tuple(features.shape[-2:]))
+        features = ref_dino_features(model.vfm, window)
+    return ref_logits_from_attention(model, window, ref_proxy_attention(model, features), tuple(features.shape[-2:]))
 
 
-def ref_slide(model: ProxyCLIP, image: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
-    """[3, H, W] -> [Q, H, W]: the plain window loop of :mod:`proxyclip_pl.reference` over :func:`ref_crop_logits`."""
-    return slide_window_logits(image, lambda window: ref_crop_logits(model, window), len(model.queries), crop, stride)
+def ref_slide(model: ProxyCLIP, image: torch.Tensor, window_size: int, stride: int) -> torch.Tensor:
+    """[3, H, W] -> [Q, H, W]: the plain window loop of :mod:`proxyclip_pl.reference` over :func:`ref_window_logits`."""
+    return slide_window_logits(image, lambda window: ref_window_logits(model, window), len(model.queries),
+                               window_size, stride)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -155,41 +156,41 @@ def model64(model) -> ProxyCLIP:
     return copy.deepcopy(model).double()
 
 
-def crops(b: int, h: int, w: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+def rand_windows(b: int, h: int, w: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
     return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("h,w", [(336, 336), (224, 336), (336, 448), (112, 56)])
-def test_crop_logits_match_reference_float64(model64, h, w):
-    x = crops(2, h, w, dtype=torch.float64)
+def test_window_logits_match_reference_float64(model64, h, w):
+    x = rand_windows(2, h, w, dtype=torch.float64)
     got = model64.window_logits(x)
     assert got.shape == (2, len(model64.queries), h, w)
     for b in range(2):
-        ref = ref_crop_logits(model64, x[b])
+        ref = ref_window_logits(model64, x[b])
         assert (got[b] - ref).abs().max() < 1e-10
 
 
 @pytest.mark.parametrize("h,w", [(336, 336), (336, 448)])
-def test_crop_logits_match_reference_float32(model, h, w):
-    x = crops(2, h, w, seed=1)
+def test_window_logits_match_reference_float32(model, h, w):
+    x = rand_windows(2, h, w, seed=1)
     got = model.window_logits(x)
     for b in range(2):
-        assert (got[b] - ref_crop_logits(model, x[b])).abs().max() < 1e-5
+        assert (got[b] - ref_window_logits(model, x[b])).abs().max() < 1e-5
 
 
 def test_non_square_grid_is_height_by_width(model64):
-    # A transposed crop is a different image; a (W/p, H/p) mix-up shows as a mismatch against the
+    # A transposed window is a different image; a (W/p, H/p) mix-up shows as a mismatch against the
     # transposition-free reference on a strongly non-square window.
-    x = crops(1, 112, 336, seed=3, dtype=torch.float64)
+    x = rand_windows(1, 112, 336, seed=3, dtype=torch.float64)
     got = model64.window_logits(x)[0]
-    assert (got - ref_crop_logits(model64, x[0])).abs().max() < 1e-10
+    assert (got - ref_window_logits(model64, x[0])).abs().max() < 1e-10
     feats = vfm_features(model64.vfm, "dino", x, 336)
     assert feats.shape[-2:] == (112 // 8, 336 // 8)
 
 
 def test_slide_logits_match_reference(model64):
-    image = crops(1, 336, 560, seed=4, dtype=torch.float64)
+    image = rand_windows(1, 336, 560, seed=4, dtype=torch.float64)
     got = model64.slide_logits(image)[0]
     ref = ref_slide(model64, image[0], 336, 112)
     assert got.shape == ref.shape
@@ -198,14 +199,14 @@ def test_slide_logits_match_reference(model64):
 
 # -------------------------------------------------------------------------------------- batching
 def test_batched_windows_equal_single_windows(model64):
-    x = crops(5, 336, 336, seed=5, dtype=torch.float64)
+    x = rand_windows(5, 336, 336, seed=5, dtype=torch.float64)
     batched = model64.window_logits(x)
     single = torch.cat([model64.window_logits(x[i:i + 1]) for i in range(5)])
     assert (batched - single).abs().max() < 1e-12
 
 
 def test_slide_logits_independent_of_window_batch_size(model64):
-    image = crops(1, 400, 620, seed=6, dtype=torch.float64)
+    image = rand_windows(1, 400, 620, seed=6, dtype=torch.float64)
     saved = model64.window_batch_size  # module-scoped model: restore it for the tests that follow
     try:
         model64.window_batch_size = 1
@@ -219,7 +220,7 @@ def test_slide_logits_independent_of_window_batch_size(model64):
 
 def test_window_mean_is_per_window(model64):
     # A uniform window next to a textured one: with a batch-wide mean the textured window's mask changes.
-    x = crops(2, 224, 224, seed=7, dtype=torch.float64)
+    x = rand_windows(2, 224, 224, seed=7, dtype=torch.float64)
     x[0] = 0.5
     batched = model64.window_logits(x)
     assert (batched[1] - model64.window_logits(x[1:])[0]).abs().max() < 1e-12
@@ -231,7 +232,7 @@ def test_vfm_kinds_match_timm_reference(kind):
     import timm
 
     vfm = tiny_vfm(kind).double()
-    x = crops(1, 224, 336, seed=8, dtype=torch.float64) if kind != "mae" else crops(1, 336, 336, seed=8, dtype=torch.float64)
+    x = rand_windows(1, 224 if kind != "mae" else 336, 336, seed=8, dtype=torch.float64)
     got = vfm_features(vfm, kind, x, 336)
     xn = (x - INET_MEAN.double()) / INET_STD.double()
     name, kwargs = TINY_VFMS[kind]
@@ -242,7 +243,7 @@ def test_vfm_kinds_match_timm_reference(kind):
         tokens = ref_model.forward_features(xn)[:, 5:]
         ref = tokens.transpose(1, 2).reshape(1, -1, 224 // 14, 336 // 14)
     elif kind == "mae":
-        # Official: a crop-size model whose checkpoint pos-embed was resized once, by size, no antialias.
+        # Official: a window-size model whose checkpoint pos-embed was resized once, by size, no antialias.
         ref_model = timm.create_model(name, pretrained=False, num_classes=0, img_size=336, **kwargs).double()
         state = vfm.state_dict()
         grid = state["pos_embed"][0, 1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2).float()
@@ -258,12 +259,12 @@ def test_vfm_kinds_match_timm_reference(kind):
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "sam"])
-def test_other_vfm_crop_logits_match_reference(model64, kind):
+def test_other_vfm_window_logits_match_reference(model64, kind):
     vfm = tiny_vfm(kind).double()
     m = ProxyCLIP(model64.clip, vfm, VOCAB, vfm_kind=kind, text_embeddings=model64.text_embeddings).double()
-    x = crops(1, 224, 224, seed=9, dtype=torch.float64)
+    x = rand_windows(1, 224, 224, seed=9, dtype=torch.float64)
     feats = vfm_features(vfm, kind, x, 336)[0]
-    ref = ref_crop_logits(m, x[0], features=feats)
+    ref = ref_window_logits(m, x[0], features=feats)
     assert (m.window_logits(x)[0] - ref).abs().max() < 1e-10
 
 
@@ -370,7 +371,7 @@ def test_invalid_arguments_raise_value_error(model, kwargs, message):
 
 
 def test_ablations_and_baselines_run_the_documented_math(model64):
-    x = crops(1, 224, 224, seed=11, dtype=torch.float64)
+    x = rand_windows(1, 224, 224, seed=11, dtype=torch.float64)
     clip, vfm = model64.clip, model64.vfm
     te = model64.text_embeddings
     base = model64.window_logits(x)
