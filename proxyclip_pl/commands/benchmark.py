@@ -304,6 +304,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-memory", action="store_true", help="do not run the per-size memory probe subprocesses")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--_memory-probe", dest="memory_probe", action="store_true", help=argparse.SUPPRESS)
+    suite = p.add_argument_group("full-table suite (--suite; see proxyclip_pl.commands.suite)")
+    suite.add_argument("--suite", action="store_true",
+                       help="time --data all against eight separate runs on generated miniatures (identical results), "
+                       "SIGKILL/--resume three times, text encoding old vs new; uses --clip/--vfm (random weights), "
+                       "--device, --json")
+    suite.add_argument("--suite-dir", default=None, help="working folder of the suite (default: a new temporary one)")
+    suite.add_argument("--suite-images", type=int, default=2, help="images per miniature benchmark (default: %(default)s)")
+    suite.add_argument("--text-queries", type=int, default=12,
+                       help="COCO-Stuff queries for the text-encoding comparison (0: skip; -1: all 171; "
+                       "default: %(default)s, the full-length path takes ~1000 s for all on 2 CPU cores)")
     add_model_arguments(p)
     args = p.parse_args(argv)
     args.image_sizes = args.image_sizes or [(500, 375)]
@@ -458,6 +468,8 @@ def benchmark_size(args, model, size: tuple[int, int]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.suite:
+        return run_suite_command(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -509,6 +521,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
+    return 0
+
+
+def run_suite_command(args: argparse.Namespace) -> int:
+    """``--suite``: :func:`proxyclip_pl.commands.suite.run_suite`, the report printed (and written to ``--json``)."""
+    from proxyclip_pl.commands.suite import run_suite
+
+    device = torch.device(args.device)
+    report = run_suite(args.suite_dir, num_images=args.suite_images, accelerator="gpu" if device.type == "cuda" else "cpu",
+                       clip=args.clip, vfm=args.vfm, text_queries=None if args.text_queries < 0 else args.text_queries)
+    report["machine"] = machine_info(device)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
     return 0
 
 

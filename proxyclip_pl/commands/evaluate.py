@@ -2,6 +2,7 @@
 
     python scripts/test.py --data cityscapes --devices 4
     python scripts/test.py --data all --data-root /datasets --output-dir outputs/b16_dinob8
+    python scripts/test.py --data voc21,voc20 --data-root /datasets                # one shared encoder pass
     python scripts/test.py --data all --method naclip                      # NACLIP, its own protocol
     python scripts/test.py --data all --method sclip --protocol proxyclip  # SCLIP under ProxyCLIP's protocol
     python scripts/test.py --data voc21 --method mymodule:factory          # your method (docs/plugin_example.py)
@@ -14,8 +15,10 @@ plug-ins) or ``proxyclip`` (ProxyCLIP's setting for any method: the paper's Tabl
 resize, the segmenter and results.json all read the same Protocol.
 
 ``--data-root``: the folder holding a benchmark's layout (e.g. .../VOCdevkit/VOC2012), or the data folder
-holding the standard sub-paths (required form for ``all``). Default: $PROXYCLIP_DATA, else data/.
+holding the standard sub-paths (required form for ``all`` and lists). Default: $PROXYCLIP_DATA, else data/.
 Metrics are dataset-level sums (MMSegmentation's IoU metric) and do not depend on the number of devices.
+Benchmarks that list the same image files with the same test resize and encoder (VOC21/VOC20, Context60/59,
+COCO-Object/COCO-Stuff) are evaluated in one pass: each window is encoded once (see ``shared_passes``).
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "a dataset card path/to/dataset.json (any user dataset; see docs/datasets_extra.md), or a "
                    "comma-separated list of them (e.g. voc21,voc20). Benchmarks on the same images share one encoder "
                    "pass; several benchmarks write to OUTPUT_DIR/<key>/")
-    p.add_argument("--data-root", default=None, help="dataset folder (one benchmark) or data folder (all)")
+    p.add_argument("--data-root", default=None, help="dataset folder (one benchmark) or data folder (all, lists)")
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "cuda", "auto"])
     p.add_argument("--num-nodes", type=int, default=1)
