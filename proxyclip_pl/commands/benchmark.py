@@ -516,12 +516,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if peak["gflops"] and result[key]["achieved_gflops"]:
                 result[key]["fraction_of_peak"] = result[key]["achieved_gflops"] / peak["gflops"]
     print(format_table(report))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
+    write_report(report, args.json)
     return 0
+
+
+def write_report(report: dict[str, Any], path: str | None) -> None:
+    """The report as JSON at ``path`` (folders created), if given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 def run_suite_command(args: argparse.Namespace) -> int:
@@ -532,10 +536,8 @@ def run_suite_command(args: argparse.Namespace) -> int:
     report = run_suite(args.suite_dir, num_images=args.suite_images, accelerator="gpu" if device.type == "cuda" else "cpu",
                        clip=args.clip, vfm=args.vfm, text_queries=None if args.text_queries < 0 else args.text_queries)
     report["machine"] = machine_info(device)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text)
-    print(text)
+    print(json.dumps(report, indent=2))
+    write_report(report, args.json)
     return 0
 
 
