@@ -8,10 +8,7 @@ processes (ddp).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +16,17 @@ import pytest
 
 from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl.records import RECORDS_DIR, read_records
+from script_runs import run_test_script
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "test.py"
 SIZES = ((60, 80), (50, 70), (90, 40))
 FIELDS = ("num_images", "mIoU", "aAcc", "mAcc", "per_class_iou", "per_class_acc", "ignore_index", "metric_arithmetic")
 
 
-def run(args, crash_after=None, timeout=300):
-    env = dict(os.environ)
-    env.pop("PROXYCLIP_CRASH_AFTER", None)
-    if crash_after is not None:
-        env["PROXYCLIP_CRASH_AFTER"] = str(crash_after)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=env)
+def run(args, crash_after=None):
+    return run_test_script(args, crash_after, timeout=300)
 
 
 @pytest.fixture(scope="module")

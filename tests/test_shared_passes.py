@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +24,9 @@ from proxyclip_pl.native_protocols import DATASETS, protocol_for
 from proxyclip_pl.records import RECORDS_DIR, read_records
 from proxyclip_pl.segmenter import shared_slide_logits, shares_encoder
 from proxyclip_pl.vocabulary import load_vocabulary
+from script_runs import run_test_script
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "test.py"
 PAIRS = ("voc21", "voc20", "coco_object", "coco_stuff")
 FIELDS = ("num_images", "mIoU", "aAcc", "mAcc", "per_class_iou", "per_class_acc")
 
@@ -146,13 +142,8 @@ def test_a_benchmark_skips_only_the_images_it_has_recorded(towers):
 # ------------------------------------------------------------------------------------------ the command line
 
 
-def run(args, crash_after=None, timeout=600):
-    env = dict(os.environ)
-    env.pop("PROXYCLIP_CRASH_AFTER", None)
-    if crash_after is not None:
-        env["PROXYCLIP_CRASH_AFTER"] = str(crash_after)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=env)
+def run(args, crash_after=None):
+    return run_test_script(args, crash_after, timeout=600)
 
 
 N = 3  # images per miniature
