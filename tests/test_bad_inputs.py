@@ -476,7 +476,7 @@ def test_test_script_unknown_data_key(cli_runs):
     code, stderr = finished(cli_runs["data_nope"])
     assert code == 2
     assert stderr == ("error: unknown --data 'nope'; expected one of voc21, context60, coco_object, voc20, "
-                      "context59, coco_stuff, cityscapes, ade20k, ade847, context459 or 'all'\n")
+                      "context59, coco_stuff, cityscapes, ade20k, ade847, context459, 'all' or a comma-separated list\n")
 
 
 @pytest.mark.slow
