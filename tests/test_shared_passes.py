@@ -20,7 +20,7 @@ from proxyclip_pl import factory
 from proxyclip_pl.commands.evaluate import Job, shared_passes
 from proxyclip_pl.evaluation import BenchmarkEvaluator, BenchmarkScore
 from proxyclip_pl.factory import build_segmenters
-from proxyclip_pl.native_protocols import DATASETS, protocol_for
+from proxyclip_pl.native_protocols import protocol_for
 from proxyclip_pl.records import RECORDS_DIR, read_records
 from proxyclip_pl.segmenter import shared_slide_logits, shares_encoder
 from proxyclip_pl.vocabulary import load_vocabulary
@@ -260,26 +260,4 @@ def test_resume_of_a_list_with_another_configuration_is_refused(runs):
     assert r.returncode == 2 and "--resume" in r.stderr and "--overwrite" in r.stderr
 
 
-@pytest.mark.slow
-def test_data_all_resumes_to_the_uninterrupted_run(tmp_path):
-    data = tmp_path / "data"
-    for key in DATASETS:
-        make_fake_benchmark(key, data, 1, sizes=((60, 80),))
-    flags = ["--data", "all", "--data-root", str(data), "--clip", str(write_tiny_clip_config(tmp_path)),
-             "--clip-weights", "random", "--vfm", str(write_tiny_vfm_spec(tmp_path)), "--vfm-weights", "random",
-             "--accelerator", "cpu", "--num-workers", "0", "--text-cache-dir", str(tmp_path / "cache")]
-    r = run([*flags, "--output-dir", str(tmp_path / "ref")])
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = tmp_path / "crashed"
-    r = run([*flags, "--output-dir", str(out)], crash_after=3)  # VOC pass (2 records) done, Context pass mid-image
-    assert r.returncode == 137, r.stderr[-3000:]
-    r = run([*flags, "--output-dir", str(out), "--resume"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    ref, got = (json.loads((p / "summary.json").read_text()) for p in (tmp_path / "ref", out))
-    assert got["passes"] == ref["passes"] == [["voc21", "voc20"], ["context60", "context59"],
-                                              ["coco_object", "coco_stuff"], ["cityscapes"], ["ade20k"]]
-    assert {k: got[k] for k in list(ref)[:9]} == {k: ref[k] for k in list(ref)[:9]}  # eight mIoUs and the average
-    assert got["windows_encoded"] < ref["windows_encoded"]
-    for key in ("voc21", "context59", "ade20k"):
-        a, b = (json.loads((p / key / "results.json").read_text()) for p in (tmp_path / "ref", out))
-        assert all(a[f] == b[f] for f in FIELDS), key
+# `--data all` killed with SIGKILL and resumed, against the uninterrupted run: tests/test_suite.py.
