@@ -102,7 +102,8 @@ class MethodInfo:
         files: files the math and protocols were transcribed from.
         mean, std: input normalisation in 0-255 RGB units (mmseg ``SegDataPreProcessor``; the BGR-loaded image
             is flipped to RGB first).
-        synonym_separator: how a line of the class-name files is split into synonyms.
+        synonym_separator: how a line of the class-name files is split into synonyms (the official files are read
+            under ``--protocol native``: :mod:`proxyclip_pl.query_vocabularies`).
         pamr_dilations: PAMR neighbour dilations (``pamr_stride``), ``()`` where the method has no PAMR.
         precision: dtype the official code runs the CLIP image tower in.
         window_padding: what happens to a window/image whose side is not a multiple of the patch size.
@@ -158,8 +159,8 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
             "logit scale 40 except voc21 65, context60/coco_object 50",
             "prob_thd 0.1 on voc21/context60/coco_object (ProxyCLIP 0.2/0.15/0.25)",
             "area_thd 0.1 on voc21 (foreground classes covering <= 10% of the predicted foreground are dropped)",
-            "class-name files split on ', ' (ProxyCLIP here: '; '); different synonym lists, e.g. a 26-name "
-            "background line also for coco_object",
+            "class-name files split on ', ' (ProxyCLIP's: '; '); different synonym lists, e.g. a 26-name "
+            "background line also for coco_object (read under --protocol native)",
         ),
     ),
     "naclip": MethodInfo(
@@ -175,7 +176,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
             "test short side 336 everywhere except cityscapes 560",
             "PAMR (10 steps, dilations 8 and 16) on the raw logits at the original size",
             "prob_thd 0.1 on voc21/context60/coco_object",
-            "class-name files split on ', ' (ProxyCLIP here: '; ')",
+            "class-name files split on ', ' (ProxyCLIP's: '; '); SCLIP's files (read under --protocol native)",
         ),
     ),
     "clearclip": MethodInfo(

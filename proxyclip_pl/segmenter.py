@@ -18,6 +18,8 @@ bilinear to (H0, W0) -> PAMR guided by the normalised image resized bilinearly t
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -167,6 +169,18 @@ class Segmenter(nn.Module):
         """The inference protocol this segmenter runs (validated)."""
         return Protocol(self.short_side, self.long_side_cap, self.slide_crop, self.slide_stride, self.logit_scale,
                         self.prob_thd, self.area_thd, self.pamr_steps)
+
+    def state_fingerprint(self) -> str:
+        """Hex sha256 of what the outputs depend on beyond the settings: the class and every parameter and buffer
+        (tower weights, text embeddings) by name, dtype, shape and bytes. ``proxyclip-test --resume`` compares it
+        for plug-in methods, so records of another model are never mixed in. Reads every weight once (about
+        1 s per GB)."""
+        digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}".encode())
+        for name, tensor in itertools.chain(self.named_parameters(), self.named_buffers()):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
 
     # ------------------------------------------------------------------------------------ hooks
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:

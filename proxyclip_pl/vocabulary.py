@@ -5,6 +5,8 @@ It is flattened into Q query strings; ``query_to_class[q]`` gives the class of q
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,11 +24,14 @@ TEMPLATES: tuple[Callable[[str], str], ...] = tuple(OPENAI_IMAGENET_TEMPLATES)
 SYNONYM_SEPARATOR = "; "
 
 
-def parse_vocabulary(text: str, source: str = "vocabulary") -> Vocabulary:
-    """Parse a vocabulary file's text: one class per line, synonyms split on ``'; '``.
+def parse_vocabulary(text: str, source: str = "vocabulary", separator: str = SYNONYM_SEPARATOR) -> Vocabulary:
+    """Parse a vocabulary file's text: one class per line, synonyms split on ``separator``.
 
-    Commas are not separators (``"traffic light"`` and ``"a, b"`` stay whole); every name is stripped,
-    so a trailing space (Context's ``"wood "``) disappears. Class ids are line numbers, so a blank line
+    ``separator`` is ``'; '`` for ProxyCLIP's files and this package's format, so commas are not separators
+    (``"traffic light"`` and ``"a, b"`` stay whole); SCLIP / NACLIP split on ``', '`` and ClearCLIP on ``','``
+    (:mod:`proxyclip_pl.query_vocabularies`). Every name is stripped, so a trailing space (Context's
+    ``"wood "``) disappears; CLIP's tokenizer collapses that whitespace anyway, so the prompts' tokens are
+    those of the official unstripped strings. Class ids are line numbers, so a blank line
     before the last class (it would shift every later id by one), an empty synonym (``"cat; ; dog"``) or
     a line that repeats an earlier class (two ids for one class) raises ``ValueError`` naming ``source``
     and the line(s). Blank lines at the end are ignored. The same synonym in two *different* classes is
@@ -41,7 +46,7 @@ def parse_vocabulary(text: str, source: str = "vocabulary") -> Vocabulary:
         if not line.strip():
             raise ValueError(f"{source} line {number} is empty; every line up to the last one must name a class "
                              "(class ids are line numbers)")
-        names = [name.strip() for name in line.split(SYNONYM_SEPARATOR)]
+        names = [name.strip() for name in line.split(separator)]
         if not all(names):
             raise ValueError(f"{source} line {number} has an empty synonym: {line!r}")
         key = tuple(names)
@@ -54,7 +59,7 @@ def parse_vocabulary(text: str, source: str = "vocabulary") -> Vocabulary:
     return vocabulary
 
 
-def load_vocabulary(path: str | Path) -> Vocabulary:
+def load_vocabulary(path: str | Path, separator: str = SYNONYM_SEPARATOR) -> Vocabulary:
     """Read and validate a UTF-8 vocabulary file (see :func:`parse_vocabulary`); errors name the file."""
     path = Path(path)
     if not path.is_file():
@@ -63,7 +68,7 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:  # a ValueError whose message would not name the file
         raise ValueError(f"vocabulary file {path} is not UTF-8 text: {exc}") from None
-    vocabulary = parse_vocabulary(text, source=f"vocabulary file {path}")
+    vocabulary = parse_vocabulary(text, source=f"vocabulary file {path}", separator=separator)
     validate_vocabulary(vocabulary)
     return vocabulary
 
@@ -80,6 +85,11 @@ def validate_vocabulary(vocabulary: Sequence[Sequence[str]]) -> None:
         for name in names:
             if not isinstance(name, str) or not name.strip():
                 raise ValueError(f"vocabulary class {c} has an empty or non-string name: {name!r}")
+
+
+def vocabulary_sha256(vocabulary: Sequence[Sequence[str]]) -> str:
+    """Hex sha256 of the parsed vocabulary (classes, their synonyms, in order): what the text side depends on."""
+    return hashlib.sha256(json.dumps([list(names) for names in vocabulary]).encode()).hexdigest()
 
 
 def flatten_vocabulary(vocabulary: Sequence[Sequence[str]]) -> tuple[list[str], torch.Tensor]:

@@ -11,11 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 
 
-def run_test_script(args: Sequence[str], crash_after: int | None = None,
-                    timeout: float = 600) -> subprocess.CompletedProcess:
+def run_test_script(args: Sequence[str], crash_after: int | None = None, timeout: float = 600,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python scripts/test.py *args`` from the repository root; with ``crash_after=K`` the evaluating process
-    exits with 137 right after writing its K-th record (``PROXYCLIP_CRASH_AFTER``, see ``BenchmarkScore``)."""
-    env = dict(os.environ)
+    exits with 137 right after writing its K-th record (``PROXYCLIP_CRASH_AFTER``, see ``BenchmarkScore``).
+    ``env``: variables added to this process's environment."""
+    env = {**os.environ, **(env or {})}
     env.pop("PROXYCLIP_CRASH_AFTER", None)
     if crash_after is not None:
         env["PROXYCLIP_CRASH_AFTER"] = str(crash_after)

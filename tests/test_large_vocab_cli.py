@@ -73,7 +73,7 @@ def test_dataset_card_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "mine" and res["num_images"] == 3 and list(res["per_class_iou"]) == ["road", "car", "tree"]
-    assert res["config"]["num_queries"] == 4 and (res["config"]["short_side"], res["config"]["slide_crop"]) == (64, 32)
+    assert res["config"]["vocabulary"]["num_queries"] == 4 and (res["config"]["short_side"], res["config"]["slide_crop"]) == (64, 32)
     bad = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path / "nope.json")], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "nope.json" in bad.stderr

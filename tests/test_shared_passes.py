@@ -115,7 +115,7 @@ def test_encoder_sharing_needs_the_same_towers_windows_and_encoder_settings(towe
     protocol = protocol_for("proxyclip", "voc21", "native")
 
     def job(key, model, data=images, short_side=336):
-        return Job(key, BENCHMARKS["voc21"], dataclasses.replace(protocol, short_side=short_side), None, data, [],
+        return Job(key, BENCHMARKS["voc21"], dataclasses.replace(protocol, short_side=short_side), None, data, None,
                    255, Path(key), model)
 
     passes = shared_passes([job("a", a), job("b", b), job("c", c), job("d", b, short_side=448),
@@ -255,7 +255,7 @@ def test_resume_of_a_list_with_another_configuration_is_refused(runs):
     r = run(["--data", ",".join(PAIRS), *flags, "--output-dir", str(out), "--resume", "--seed", "1"])
     assert r.returncode == 2, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "different configuration" in errors[0] and "seed" in errors[0], r.stderr[-2000:]
+    assert len(errors) == 1 and "different configuration" in errors[0] and "clip_weights_id: recorded 'random:0', now 'random:1'" in errors[0], r.stderr[-2000:]
     r = run(["--data", ",".join(PAIRS), *flags, "--output-dir", str(out)])
     assert r.returncode == 2 and "--resume" in r.stderr and "--overwrite" in r.stderr
 

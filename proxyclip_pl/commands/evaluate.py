@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True,
                    help=f"benchmark key ({', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}), 'all' (the first eight), "
-                   "a dataset card path/to/dataset.json (any user dataset; see docs/datasets_extra.md), or a "
+                   "a dataset card path/to/dataset.json (any user dataset; see docs/datasets.md), or a "
                    "comma-separated list of them (e.g. voc21,voc20). Benchmarks on the same images share one encoder "
                    "pass; several benchmarks write to OUTPUT_DIR/<key>/")
     p.add_argument("--data-root", default=None, help="dataset folder (one benchmark) or data folder (all, lists)")
@@ -153,7 +153,36 @@ def data_root_for(key: str, args: argparse.Namespace) -> Path | None:
     return root
 
 
-def configuration(args: argparse.Namespace, key: str, model, protocol, world_size: int) -> dict[str, Any]:
+def tower_identities(args: argparse.Namespace) -> dict[str, Any]:
+    """The towers of a built-in method as given and as resolved: ``clip_weights`` is the weights source actually
+    used (the preset's tag when none is given, ``random`` for a model-config JSON), and every ``*_id`` identifies
+    content (a config or checkpoint file by the sha256 of its bytes, ``random`` weights by their seed, a tag by
+    name), as the text cache does (:func:`proxyclip_pl.text_cache.weights_identity`)."""
+    from proxyclip_pl.factory import resolve_clip_weights
+    from proxyclip_pl.text_cache import file_fingerprint, weights_identity
+
+    def config_id(name: str) -> str:
+        return f"sha256:{file_fingerprint(name)}" if name.endswith(".json") and Path(name).is_file() else name
+
+    clip_weights = resolve_clip_weights(args.clip, args.clip_weights)
+    towers = {"clip": args.clip, "clip_id": config_id(args.clip), "clip_weights": clip_weights,
+              "clip_weights_id": weights_identity(clip_weights, args.seed)}
+    if args.method == "proxyclip" and str(args.vfm).lower() != "none":
+        towers.update(vfm=args.vfm, vfm_id=config_id(args.vfm), vfm_weights=args.vfm_weights,
+                      vfm_weights_id=weights_identity(args.vfm_weights, args.seed))
+    else:
+        towers.update(vfm=None, vfm_id=None, vfm_weights=None, vfm_weights_id=None)
+    return towers
+
+
+def model_fingerprint(model) -> str | None:
+    """A plug-in's own fingerprint of what its outputs depend on (``state_fingerprint()``; every
+    :class:`~proxyclip_pl.Segmenter` has one: a hash of its weights and text embeddings), or ``None``."""
+    method = getattr(model, "state_fingerprint", None)
+    return str(method()) if callable(method) else None
+
+
+def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict[str, Any]:
     import lightning
     import numpy
     import open_clip
@@ -162,22 +191,21 @@ def configuration(args: argparse.Namespace, key: str, model, protocol, world_siz
     import torchmetrics
 
     builtin = args.method in BUILTIN_METHODS
+    model, protocol = job.model, job.protocol
 
     def attr(name: str, default: Any = None) -> Any:
         return getattr(model, name, default)  # plug-ins may lack them
 
-    window_batch_size = attr("effective_window_batch_size")
-    queries = attr("queries")
+    towers = tower_identities(args) if builtin else dict.fromkeys(
+        ("clip", "clip_id", "clip_weights", "clip_weights_id", "vfm", "vfm_id", "vfm_weights", "vfm_weights_id"))
     return {
         "method": args.method,
         "protocol": args.protocol,
         "protocol_settings": dataclasses.asdict(protocol),
         "pamr_steps_override": args.pamr_steps,
         "segmenter": f"{type(model).__module__}.{type(model).__qualname__}",
-        "clip": args.clip if builtin else None,
-        "clip_weights": (args.clip_weights or "(preset tag)") if builtin else None,
-        "vfm": args.vfm if args.method == "proxyclip" else None,
-        "vfm_weights": args.vfm_weights if args.method == "proxyclip" else None,
+        **towers,
+        "model_fingerprint": None if builtin else model_fingerprint(model),
         "vfm_kind": attr("vfm_kind"),
         "attention": attr("attention"),
         "seed": args.seed if builtin else None,
@@ -191,9 +219,10 @@ def configuration(args: argparse.Namespace, key: str, model, protocol, world_siz
         "long_side_cap": protocol.long_side_cap,
         "slide_crop": attr("slide_crop", protocol.slide_crop),
         "slide_stride": attr("slide_stride", protocol.slide_stride),
-        "window_batch_size": window_batch_size,
-        "num_queries": len(queries) if queries is not None else None,
+        "vocabulary": job.vocab.record(),
+        "window_batch_size": attr("effective_window_batch_size"),
         "precision": args.precision,
+        "accelerator": args.accelerator,
         "world_size": world_size,
         "num_nodes": args.num_nodes,
         "versions": {
@@ -208,18 +237,27 @@ def configuration(args: argparse.Namespace, key: str, model, protocol, world_siz
     }
 
 
-def fingerprint(args: argparse.Namespace, key: str, model, protocol, dataset, data_root, ignore_index: int,
-                mmseg_histc: bool, class_names: Sequence[str]) -> dict[str, Any]:
-    """What a resumed run must share with the recorded one: ``configuration()`` without the process count (records
-    are keyed by image, so the device count may change), plus the dataset (its image ids) and the metric settings."""
-    config = configuration(args, key, model, protocol, 1)
-    for name in ("world_size", "num_nodes"):
+#: ``configuration()`` fields a resumed run may change: how it is run (process count, windows per encoder call,
+#: device; the results do not depend on them: batch invariance and 1-vs-2-process equality are tested) and the
+#: names of the towers' files and weights, whose content the ``*_id`` fields identify.
+NOT_FINGERPRINTED = ("world_size", "num_nodes", "window_batch_size", "accelerator", "clip", "clip_weights", "vfm",
+                     "vfm_weights", "seed")
+
+
+def fingerprint(args: argparse.Namespace, job: "Job") -> dict[str, Any]:
+    """What a resumed run must share with the recorded one: ``configuration()`` less :data:`NOT_FINGERPRINTED`,
+    plus the dataset (its image ids) and the metric settings. Records are keyed by image, so the device count
+    and the device may change."""
+    config = configuration(args, job, 1)
+    for name in NOT_FINGERPRINTED:
         config.pop(name)
-    ids = dataset_ids(dataset)
-    return {**config, "dataset": key if not is_card(key) else str(Path(key).resolve()), "data_root": str(data_root),
-            "num_images": len(ids), "image_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-            "ignore_index": ignore_index, "mmseg_histc": bool(mmseg_histc),
-            "class_names_sha256": hashlib.sha256("\n".join(class_names).encode()).hexdigest()}
+    ids = dataset_ids(job.dataset)
+    key = job.key
+    return {**config, "dataset": key if not is_card(key) else str(Path(key).resolve()),
+            "data_root": str(job.dm.data_root), "num_images": len(ids),
+            "image_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "ignore_index": job.ignore_index, "mmseg_histc": bool(job.preset.mmseg_histc),
+            "class_names_sha256": hashlib.sha256("\n".join(job.dm.class_names).encode()).hexdigest()}
 
 
 def dataset_ids(dataset) -> list[str]:
@@ -269,7 +307,7 @@ class Job:
     protocol: Any
     dm: Any  # the benchmark's datamodule (set up)
     dataset: Any  # its test dataset, first --limit images
-    vocabulary: list[list[str]]
+    vocab: Any  # its QueryVocabulary (classes' synonyms and their source)
     ignore_index: int
     out_dir: Path
     model: Any = None
@@ -277,6 +315,10 @@ class Job:
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
+
+    @property
+    def vocabulary(self) -> list[list[str]]:
+        return self.vocab.vocabulary
 
 
 def data_keys(args: argparse.Namespace) -> list[str]:
@@ -294,7 +336,7 @@ def make_job(key: str, args: argparse.Namespace, out_dir: Path) -> Job:
     import torch
 
     from datamodules import build_datamodule
-    from proxyclip_pl import load_vocabulary
+    from proxyclip_pl.query_vocabularies import card_vocabulary, query_vocabulary
 
     preset = build_datamodule(key, data_root=args.data_root).preset if is_card(key) else BENCHMARKS[key]
     protocol = resolve_protocol(args, key, preset)
@@ -309,12 +351,12 @@ def make_job(key: str, args: argparse.Namespace, out_dir: Path) -> Job:
     if preset.vocabulary is not None:  # a user dataset: the card's classes and synonyms
         from proxyclip_pl.vocabulary import validate_vocabulary
 
-        vocabulary = [list(names) for names in preset.vocabulary]
-        validate_vocabulary(vocabulary)
-    else:
-        vocabulary = load_vocabulary(preset.vocabulary_file)
+        vocab = card_vocabulary(preset.vocabulary, key)
+        validate_vocabulary(vocab.vocabulary)
+    else:  # the vocabulary is part of the protocol: native baselines read their official class-name files
+        vocab = query_vocabulary(args.method, key, args.protocol)
     ignore_index = preset.ignore_index if args.ignore_index is None else args.ignore_index
-    return Job(key, preset, protocol, dm, dataset, vocabulary, ignore_index, out_dir)
+    return Job(key, preset, protocol, dm, dataset, vocab, ignore_index, out_dir)
 
 
 def build_models(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
@@ -373,10 +415,13 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
 
     scores, recorded_by = [], []
     for job in group:
-        fp = fingerprint(args, job.key, job.model, job.protocol, job.dataset, job.dm.data_root, job.ignore_index,
-                         job.preset.mmseg_histc, job.dm.class_names)
+        fp = fingerprint(args, job)
         recorded: dict[int, dict[str, Any]] = {}
         if args.resume:
+            if args.method not in BUILTIN_METHODS and fp["model_fingerprint"] is None:
+                raise ValueError(f"cannot resume --method {args.method}: its segmenter ({type(job.model).__name__}) "
+                                 "has no state_fingerprint(), so records of another model could be mixed in; give it "
+                                 "one (every proxyclip_pl.Segmenter subclass has it) or rerun with --overwrite")
             headers, recorded, dropped = read_records(job.out_dir / RECORDS_DIR)
             check_fingerprint(headers, fp)
             recorded = {i: r for i, r in recorded.items() if 0 <= i < job.num_samples}
@@ -465,7 +510,7 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
             "windows_encoded": results["windows_encoded"],
             **({"resumed_images": len(recorded)} if recorded else {}),
             "data_root": str(job.dm.data_root),
-            "config": configuration(args, job.key, job.model, job.protocol, trainer.world_size),
+            "config": configuration(args, job, trainer.world_size),
         }
         (job.out_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(format_results_table(results, title=f"== {job.key} ({args.method}, {args.protocol} protocol) =="))
@@ -492,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_plugin(args.method)  # fail on a bad module:factory before any process starts
     if args.pamr_steps is not None and args.pamr_steps < 0:
         raise ValueError(f"--pamr-steps must be >= 0, got {args.pamr_steps}")
-    accelerator = check_devices(args)
+    accelerator = args.accelerator = check_devices(args)  # results.json records the device actually used
     out_root = Path(args.output_dir)
     check_writable(out_root)
     if args.show_dir:
@@ -523,9 +568,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = {**row, "passes": [[job.key for job in group] for group in passes],
                    "windows_encoded": None if None in windows else sum(windows)}
         (out_root / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(table_row(args.method, args.protocol, row, reported=args.data == "all"))
+        print(table_row(args.method, args.protocol, row, reported=args.data == "all" and publishes(args, jobs)))
         print(f"{len(passes)} encoder pass(es) for {len(keys)} benchmark(s); windows encoded: {summary['windows_encoded']}")
     return 0
+
+
+def publishes(args: argparse.Namespace, jobs: Sequence[Job]) -> bool:
+    """Whether the method's published numbers apply to this run: its native protocol and, on every benchmark, its
+    own official vocabulary (a baseline's published row was measured with its class-name files, not ours)."""
+    return args.protocol == "native" and args.method in REPORTED_MIOU and all(
+        job.vocab.owner == args.method for job in jobs)
 
 
 def table_row(method: str, protocol: str, row: dict[str, float], reported: bool = True) -> str:
