@@ -10,9 +10,9 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .custom import check_samples
-from .dataset import (DatasetLayoutError, SegmentationTestDataset, _layout_error,
-                      build_sample_list, list_collate)
+from .custom import sample_problems
+from .dataset import (DatasetLayoutError, SegmentationTestDataset, _layout_error, build_sample_list, list_collate,
+                      missing_files, problems_error)
 from .presets import BenchmarkPreset
 from .sampler import UnrepeatedDistributedSampler
 from .transforms import build_test_transform
@@ -78,7 +78,10 @@ class SegmentationDataModule(pl.LightningDataModule):
 
         Returns the sample list.  Raises :class:`DatasetLayoutError` (naming the missing
         path and the preparation command) on a missing/malformed layout or a count above
-        the full split; warns with :class:`DatasetCountWarning` on a subset.
+        the full split, and one multi-line report (:func:`~datamodules.dataset.problems_error`)
+        for the problems of the samples' files (missing files; for a user dataset also
+        unreadable files, size mismatches and label values); warns with
+        :class:`DatasetCountWarning` on a subset.
         """
         p, root = self.preset, self.data_root
         samples = build_sample_list(p, root)
@@ -90,17 +93,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         if len(set(ids)) != len(ids) and p.split_file is not None:
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise _layout_error(p, root, f"split file {root / p.split_file} lists ids more than once: {dup}")
-        missing_img = [s[1] for s in samples if not s[1].is_file()]
-        missing_lbl = [s[2] for s in samples if not s[2].is_file()]
-        for kind, missing in (("image", missing_img), ("label", missing_lbl)):
-            if missing:
-                shown = "\n    ".join(str(m) for m in missing[:5])
-                more = f"\n    ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-                raise _layout_error(p, root, f"{len(missing)} {kind} file(s) listed for the split are missing, "
-                                    f"e.g.:\n    {shown}{more}")
+        problems = self._sample_problems(samples)
+        if any(problems.values()):
+            raise problems_error(p, root, problems)
         n, expected = len(samples), p.expected_num_images
         if p.is_custom:
-            return self._verify_custom(samples)
+            return samples
         if n > expected:
             raise _layout_error(p, root, f"found {n} samples, more than the {expected} of the standard "
                                 f"{p.key} validation split; stray files change the sample set")
@@ -110,15 +108,18 @@ class SegmentationDataModule(pl.LightningDataModule):
                           DatasetCountWarning, stacklevel=2)
         return samples
 
-    def _verify_custom(self, samples):
-        """A user dataset: every label decoded, the first problems of each kind listed with file names."""
+    def _sample_problems(self, samples: list[tuple[str, Path, Path]]) -> dict[str, list[str]]:
+        """Kind of problem -> descriptions naming the files, every kind collected before anything is raised.
+
+        A benchmark: its missing images and labels only (decoding thousands of files here would double the
+        start-up; a bad file fails when it is read, naming itself). A user dataset: every image and label
+        decoded once (:func:`~datamodules.custom.sample_problems`).
+        """
+        if not self.preset.is_custom:
+            return missing_files(samples)
         dataset = SegmentationTestDataset(self.preset, self.data_root, transform=lambda image: {"image": image},
                                           samples=samples)
-        problems = check_samples(dataset)
-        if problems:
-            raise _layout_error(self.preset, self.data_root, f"{len(problems)} problem(s) found:\n    "
-                                + "\n    ".join(problems))
-        return samples
+        return sample_problems(dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_dataset is None:

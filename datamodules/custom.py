@@ -16,9 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image
-
-from .io import DataFileError
+from .io import DataFileError, decoder_reason, image_size
 from .presets import BenchmarkPreset
 
 #: Keyword arguments of :func:`custom_preset` (and the keys a dataset card may hold, plus ``data_root``).
@@ -135,45 +133,61 @@ def read_card(card: str | os.PathLike) -> dict[str, Any]:
     return spec
 
 
-def _displayed_size(path: Path) -> tuple[int, int] | None:
-    """(H, W) of an image after EXIF orientation, from the header only; None if unreadable."""
+#: Kinds of problem :func:`sample_problems` reports, in the order of the report's lines.
+PROBLEM_KINDS = ("missing image", "missing label", "unreadable image", "unreadable label", "size mismatch",
+                 "label values")
+
+
+def _label_problem(dataset, index: int) -> tuple[str, str] | tuple[None, Any]:
+    """(kind, description) of sample ``index``'s label if it cannot be used, else (None, the label)."""
+    ann = dataset.samples[index][2]
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                w, h = h, w
-        return h, w
-    except Exception:
-        return None
+        return None, dataset.load_label(index)
+    except DataFileError as exc:
+        if exc.__cause__ is not None:  # PIL failed: the decoder's reason says why
+            return "unreadable label", f"{ann} ({decoder_reason(exc)})"
+        # Values or mode; the preparation hint of the benchmarks does not apply to a user dataset.
+        return "label values", str(exc).split("; was it converted")[0]
+
+
+def sample_problems(dataset) -> dict[str, list[str]]:
+    """Problems of a custom dataset's samples, every image and label decoded once.
+
+    Returns:
+        kind (:data:`PROBLEM_KINDS`) -> one description per sample, naming its file(s); an unreadable file's
+        description holds the decoder's reason (exception type and message).
+    """
+    from .dataset import missing_files  # here: reading a card (this module) must not import torch
+
+    kinds: dict[str, list[str]] = {kind: [] for kind in PROBLEM_KINDS}
+    for kind, paths in missing_files(dataset.samples).items():
+        kinds[kind].extend(paths)
+    for i, (_sid, img, ann) in enumerate(dataset.samples):
+        if not (img.is_file() and ann.is_file()):
+            continue  # listed above
+        try:
+            size = image_size(img)
+        except DataFileError as exc:
+            kinds["unreadable image"].append(f"{img} ({decoder_reason(exc)})")
+            continue
+        kind, found = _label_problem(dataset, i)
+        if kind is not None:
+            kinds[kind].append(found)
+        elif tuple(found.shape) != size:
+            kinds["size mismatch"].append(f"image {img} is {size[1]}x{size[0]} but label {ann} is "
+                                          f"{found.shape[1]}x{found.shape[0]}")
+    return kinds
 
 
 def check_samples(dataset, max_listed: int = 5) -> list[str]:
-    """Problems of a custom dataset's samples (every label decoded): unreadable image, missing label,
-    size mismatch, values outside the class range.  Returns at most ``max_listed`` lines per kind."""
-    kinds: dict[str, list[str]] = {"missing label": [], "unreadable": [], "size mismatch": [], "label values": []}
-    for i, (sid, img, ann) in enumerate(dataset.samples):
-        if not ann.is_file():
-            kinds["missing label"].append(f"{ann} (image {img})")
-            continue
-        size = _displayed_size(img)
-        if size is None:
-            kinds["unreadable"].append(f"image {img}")
-            continue
-        try:
-            label = dataset.load_label(i)
-        except DataFileError as exc:
-            kinds["label values"].append(str(exc).split("; was it converted")[0])
-            continue
-        if tuple(label.shape) != size:
-            kinds["size mismatch"].append(f"image {img} is {size[1]}x{size[0]} but label {ann} is "
-                                          f"{label.shape[1]}x{label.shape[0]}")
+    """:func:`sample_problems` as ``"<kind>: <description>"`` lines, at most ``max_listed`` per kind."""
     lines = []
-    for kind, items in kinds.items():
-        for item in items[:max_listed]:
-            lines.append(f"{kind}: {item}")
+    for kind, items in sample_problems(dataset).items():
+        lines += [f"{kind}: {item}" for item in items[:max_listed]]
         if len(items) > max_listed:
             lines.append(f"{kind}: ... and {len(items) - max_listed} more")
     return lines
 
 
-__all__ = ["CARD_KEYS", "DatasetCardError", "custom_preset", "read_card", "normalize_classes", "check_samples"]
+__all__ = ["CARD_KEYS", "DatasetCardError", "custom_preset", "read_card", "normalize_classes", "check_samples",
+           "sample_problems", "PROBLEM_KINDS"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,10 @@ from .transforms import IGNORE_INDEX, build_test_transform, label_lut
 class DatasetLayoutError(FileNotFoundError):
     """The benchmark's folder layout is missing or malformed; the message says how to fix it."""
 
+    #: True for the report of several problems (:func:`problems_error`): one summary line, then one line per
+    #: kind of problem. Command-line wrappers print such a message as it is instead of joining its lines.
+    multiline: bool = False
+
 
 def _layout_error(preset: BenchmarkPreset, root: Path, what: str) -> DatasetLayoutError:
     if preset.is_custom:
@@ -38,6 +42,48 @@ def _layout_error(preset: BenchmarkPreset, root: Path, what: str) -> DatasetLayo
         f"  Prepare the dataset with:\n    {preset.prepare_command}\n"
         f"  (official download: {preset.download_hint}; see the Datasets section of README.md)"
     )
+
+
+def _problem_line(kind: str, items: Sequence[str], max_listed: int) -> str:
+    """``  - <kind> (<count>): <first items>; ... and N more``: one kind of problem on one line."""
+    shown = "; ".join(items[:max_listed])
+    more = f"; ... and {len(items) - max_listed} more" if len(items) > max_listed else ""
+    return f"  - {kind} ({len(items)}): {shown}{more}"
+
+
+def problems_error(preset: BenchmarkPreset, root: Path, problems: Mapping[str, Sequence[str]],
+                   max_listed: int = 5) -> DatasetLayoutError:
+    """One :class:`DatasetLayoutError` for every problem found in the samples, one line per kind.
+
+    Args:
+        problems: kind of problem (``missing label``, ``size mismatch``, ...) -> one description per file, each
+            naming the file; kinds without items are left out.
+        max_listed: descriptions shown per kind (the rest are counted).
+    Returns:
+        An error whose message reads::
+
+            voc21: 3 problems under <root>:
+              - missing image (1): <path>
+              - missing label (2): <path>; <path>
+              <how to fix>
+    """
+    found = {kind: list(items) for kind, items in problems.items() if items}
+    total = sum(len(items) for items in found.values())
+    fix = ("fix or replace these files, or correct the dataset's data_root / img_dir / ann_dir / img_suffix / "
+           "seg_suffix / split_file" if preset.is_custom else
+           f"prepare the dataset with: {preset.prepare_command} (official download: {preset.download_hint})")
+    lines = [f"{preset.key}: {total} problem{'' if total == 1 else 's'} under {root}:",
+             *(_problem_line(kind, items, max_listed) for kind, items in found.items()),
+             f"  {fix}"]
+    error = DatasetLayoutError("\n".join(lines))
+    error.multiline = True
+    return error
+
+
+def missing_files(samples: Sequence[tuple[str, Path, Path]]) -> dict[str, list[str]]:
+    """``missing image`` / ``missing label`` -> the paths of the samples' files that do not exist."""
+    return {"missing image": [str(img) for _sid, img, _ann in samples if not img.is_file()],
+            "missing label": [str(ann) for _sid, _img, ann in samples if not ann.is_file()]}
 
 
 def build_sample_list(preset: BenchmarkPreset, root: Path) -> list[tuple[str, Path, Path]]:

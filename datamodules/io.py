@@ -22,6 +22,21 @@ class MissingFileError(DataFileError, FileNotFoundError):
     """A dataset file does not exist (also a ``FileNotFoundError``)."""
 
 
+def decoder_reason(exc: BaseException) -> str:
+    """The decoder's reason for a failure, ``"<exception type>: <message>"`` on one line.
+
+    For a :class:`DataFileError` raised while decoding, the reason is that of the decoder's own exception
+    (its ``__cause__``), without the file name that the wrapping message adds.
+    """
+    cause = exc.__cause__ if isinstance(exc, DataFileError) and exc.__cause__ is not None else exc
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+
+
+def _decode_error(kind: str, path: Path, exc: BaseException) -> DataFileError:
+    """The error for a file PIL cannot decode: names the file and keeps the decoder's reason."""
+    return DataFileError(f"cannot decode {kind} file {path}: {decoder_reason(exc)}")
+
+
 def _open(path: str | os.PathLike, kind: str) -> Image.Image:
     path = Path(path)
     if not path.is_file():
@@ -30,8 +45,30 @@ def _open(path: str | os.PathLike, kind: str) -> Image.Image:
         img = Image.open(path)
         img.load()  # force full decoding so truncated files fail here, not later
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
-        raise DataFileError(f"cannot decode {kind} file {path}: {type(exc).__name__}: {exc}") from exc
+        raise _decode_error(kind, path, exc) from exc
     return img
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file as :func:`read_image` returns it (EXIF orientation applied), after checking
+    that the whole file decodes.
+
+    Reading the header alone would pass a truncated JPEG that :func:`read_image` then fails on during the
+    evaluation, so the pixel data is decoded too; JPEGs at 1/8 scale (every byte is still decoded, at a
+    fraction of the cost). Raises ``MissingFileError`` / ``DataFileError`` (with the decoder's reason).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            transposed = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # rotated by 90 degrees
+            img.draft(None, (1, 1))  # a no-op except for JPEG
+            img.load()
+    except Exception as exc:  # as in _open
+        raise _decode_error("image", path, exc) from exc
+    return (w, h) if transposed else (h, w)
 
 
 def array_to_rgb_uint8(image: np.ndarray) -> np.ndarray:

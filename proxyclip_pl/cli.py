@@ -7,11 +7,11 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from .defaults import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model flags the model commands share (defaults: the paper's ViT-B/16 OpenAI + DINO ViT-B/8)."""
-    from .factory import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED  # here: run_cli's users need no torch
-
     g = parser.add_argument_group("model")
     g.add_argument("--clip", default=DEFAULT_CLIP, help="open_clip model name or model-config JSON (default: %(default)s)")
     g.add_argument("--clip-weights", default=None, help="pretrained tag, checkpoint path or 'random' (default: the preset's tag, 'openai')")
@@ -58,12 +58,26 @@ def load_plugin(spec: str) -> Callable[..., Any]:
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+def error_lines(exc: BaseException) -> list[str]:
+    """The lines ``run_cli`` prints for a user error, the first prefixed with ``error: ``.
+
+    A message is joined into one line (libraries wrap their text at arbitrary places), unless the exception
+    marks it as a deliberate report with ``multiline = True`` (e.g. the datamodules' report of a dataset's
+    problems, one kind per line): then its lines are kept as they are.
+    """
+    text = str(exc)
+    if getattr(exc, "multiline", False):
+        first, *rest = text.strip().splitlines() or [""]
+        return [f"error: {first}", *(line.rstrip() for line in rest)]
+    return [f"error: {' '.join(text.split())}"]
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run ``main`` and turn user errors into one line on stderr and exit code 2."""
+    """Run ``main`` and turn user errors into one line on stderr (a deliberate multi-line report: its lines,
+    see :func:`error_lines`) and exit code 2."""
     try:
         code = main(argv)
     except USER_ERRORS as exc:
-        message = " ".join(str(exc).split())
-        print(f"error: {message}", file=sys.stderr)
+        print("\n".join(error_lines(exc)), file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

@@ -30,7 +30,7 @@ from datamodules.io import read_image
 from .metrics import SegmentationIoU
 from .records import RecordWriter, sparse
 from .segmenter import shared_slide_logits, shares_encoder
-from .visualize import colorize, side_by_side
+from .visualize import show_panel
 
 
 def check_segmenter(model: nn.Module) -> None:
@@ -188,7 +188,7 @@ class BenchmarkScore(nn.Module):
         if self.show_dir is not None:
             image = read_image(sample["path"])
             black = (self.ignore_index,) if not 0 <= self.ignore_index < num_classes else ()
-            panel = side_by_side([image, colorize(pred, num_classes, black), colorize(label, num_classes, black)])
+            panel = show_panel(image, pred, label, self.class_names, black, title=str(sample["id"]))
             Image.fromarray(panel).save(self.show_dir / f"{name}.png")
 
     def publish(self, is_global_zero: bool, extra: dict[str, Any] | None = None, collective: bool = True) -> dict[str, Any]:

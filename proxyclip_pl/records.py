@@ -25,9 +25,10 @@ import socket
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: checking a run folder costs no torch import
+    import torch
 
 __all__ = ["RecordWriter", "read_records", "check_fingerprint", "sparse", "RECORDS_DIR", "sum_states"]
 
@@ -55,6 +56,8 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 def sparse(t: torch.Tensor) -> list[list[int]]:
     """Non-zero entries of an integer tensor, flattened: ``[[flat index, value], ...]``."""
+    import torch
+
     flat = t.detach().reshape(-1).cpu()
     nz = torch.nonzero(flat).flatten()
     return [list(e) for e in zip(nz.tolist(), flat[nz].tolist())]
@@ -146,11 +149,14 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: recorded {old!r}, now {new!r}"]
 
 
-def check_fingerprint(headers: list[dict[str, Any]], fingerprint: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the differing fields if a record file was written under another configuration."""
+def check_fingerprint(headers: list[dict[str, Any]], fingerprint: dict[str, Any], ignore: Iterable[str] = ()) -> None:
+    """Raise ``ValueError`` naming the differing fields if a record file was written under another configuration
+    (top-level fields in ``ignore`` are not compared)."""
     current = json.loads(json.dumps(fingerprint))  # the JSON view, as stored
+    ignore = set(ignore)
     for h in headers:
-        diff = _differences(h["fingerprint"], current)
+        recorded = {k: v for k, v in h["fingerprint"].items() if k not in ignore}
+        diff = _differences(recorded, {k: v for k, v in current.items() if k not in ignore})
         if diff:
             shown = "; ".join(d if len(d) < 300 else d[:300] + "..." for d in diff[:5])
             raise ValueError(f"cannot resume: the records in {h['file']} come from a different configuration "
@@ -159,6 +165,8 @@ def check_fingerprint(headers: list[dict[str, Any]], fingerprint: dict[str, Any]
 
 def sum_states(images: Iterable[dict[str, Any]], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Sum the recorded state increments of ``images`` into int64 CPU tensors shaped like ``like``."""
+    import torch
+
     sums = {name: torch.zeros(t.numel(), dtype=torch.int64) for name, t in like.items()}
     for rec in images:
         for name, entries in rec["states"].items():

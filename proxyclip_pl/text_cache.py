@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import open_clip
 import torch
 
+from .console import Progress
 from .vocabulary import TEMPLATES, encode_text_embeddings
 
 CACHE_ENV_VAR = "PROXYCLIP_CACHE"
@@ -98,7 +99,10 @@ def cached_text_embeddings(
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if cached.shape[0] == len(queries):
             return cached
-    embeddings = encode_text_embeddings(clip_model, tokenizer, queries).cpu()
+    progress = Progress(f"text embeddings, {len(queries)} queries x {len(TEMPLATES)} templates (prompts)",
+                        len(queries) * len(TEMPLATES))
+    embeddings = encode_text_embeddings(clip_model, tokenizer, queries, progress=progress.update).cpu()
+    progress.close(f"; cached in {folder} for the next runs")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -113,6 +113,7 @@ def encode_text_embeddings(
     templates: Sequence[Callable[[str], str]] = TEMPLATES,
     batch_size: int | None = None,
     truncate: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Prompt-ensembled text embeddings.
 
@@ -132,6 +133,7 @@ def encode_text_embeddings(
         batch_size: full-length prompts per forward (see above for the truncated path); default 256 on
             GPU, 16 on CPU (where larger batches are no faster and cost hundreds of MB of peak memory).
         truncate: allow the truncated forward (``False``: always the full-length ``encode_text``).
+        progress: called with the number of prompts of each encoded batch (e.g. ``Progress.update``).
     Returns:
         FloatTensor [Q, d], unit rows, on the CLIP model's device.
     """
@@ -162,5 +164,7 @@ def encode_text_embeddings(
         if per_prompt is None:
             per_prompt = features.new_empty(len(prompts), features.shape[-1])
         per_prompt[index.to(device)] = features
+        if progress is not None:
+            progress(len(index))
     per_prompt = per_prompt.view(len(queries), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)

@@ -476,7 +476,8 @@ def test_test_script_unknown_data_key(cli_runs):
     code, stderr = finished(cli_runs["data_nope"])
     assert code == 2
     assert stderr == ("error: unknown --data 'nope'; expected one of voc21, context60, coco_object, voc20, "
-                      "context59, coco_stuff, cityscapes, ade20k, ade847, context459, 'all' or a comma-separated list\n")
+                      "context59, coco_stuff, cityscapes, ade20k, ade847, context459, 'all', a dataset card (.json) or a "
+                      "comma-separated list\n")
 
 
 @pytest.mark.slow
@@ -536,11 +537,13 @@ def test_unknown_vfm_name_is_the_only_stderr_line(cli_runs):
 
 
 def test_test_script_unknown_clip_name(tmp_path, capsys):
-    # scripts/test.py shares segment.py's model flags (proxyclip_pl.cli); it reaches them once the data is
-    # found, hence the one-image benchmark. In process: a subprocess would cost another ~10 s of imports.
+    # scripts/test.py shares segment.py's model flags (proxyclip_pl.cli); the name is refused before the data are
+    # scanned (no dataset-count warning) and before anything is built. In process: a subprocess would cost
+    # another ~10 s of imports.
     make_fake_benchmark("voc21", tmp_path / "data", 1, sizes=((20, 30),))
     argv = ["--data", "voc21", "--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"),
             "--accelerator", "cpu", "--num-workers", "0", "--clip", "ViT-Bogus-1", "--clip-weights", "random"]
-    with pytest.warns(Warning, match="found 1 of the 1449"):
-        stderr = run_cli_in_process(test_script.main, argv, capsys)
-    assert len(stderr.splitlines()) == 1 and stderr.startswith("error: unknown CLIP model 'ViT-Bogus-1'"), stderr
+    stderr = run_cli_in_process(test_script.main, argv, capsys)
+    lines = stderr.splitlines()
+    assert lines[0].startswith("proxyclip-test: proxyclip") and "building" not in stderr, stderr  # the status line
+    assert len(lines) == 2 and lines[1].startswith("error: unknown CLIP model 'ViT-Bogus-1'"), stderr

@@ -20,6 +20,8 @@ PROGRAMS = {
     "proxyclip-segment": ("segment", "segment.py"),
     "proxyclip-prepare": ("prepare", "prepare_data.py"),
     "proxyclip-benchmark": ("benchmark", "benchmark.py"),
+    "proxyclip-compare": ("compare", "compare_results.py"),
+    "proxyclip-miniature": ("miniature", "make_miniature.py"),
 }
 
 

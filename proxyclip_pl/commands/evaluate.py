@@ -27,16 +27,17 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import proxyclip_pl
 from datamodules import BENCHMARKS
 from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run_cli
+from proxyclip_pl.commands.run_folder import (check_writable, default_output_dir, free_output_dir, prepare_output_dir,
+                                              resume_command)
+from proxyclip_pl.console import note, phase, quiet_libraries
 from proxyclip_pl.native_protocols import (BUILTIN_METHODS, DATASETS, EXTRA_DATASETS, PROTOCOL_NAMES, REPORTED_MIOU,
                                            Protocol, protocol_for)
 
@@ -63,7 +64,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--strategy", default="auto",
                    help=f"one of {', '.join(STRATEGIES)}; 'auto' is 'ddp' (one process per device) for several devices")
     p.add_argument("--precision", default="32", choices=["32", "32-true", "16-mixed", "bf16-mixed"])
-    p.add_argument("--output-dir", default="outputs", help="results.json (and predictions) go here")
+    p.add_argument("--output-dir", default=None,
+                   help="results.json (and predictions) go here (default: a new folder "
+                   "outputs/<method>_<benchmarks>_<date-time>, printed at the start and the end)")
     p.add_argument("--save-predictions", action="store_true", help="write DIR/predictions/<id>.png label maps")
     p.add_argument("--show-dir", default=None, help="write image | prediction | ground-truth panels here")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -116,29 +119,15 @@ def resolve_protocol(args: argparse.Namespace, key: str, preset=None):
 
 
 def check_devices(args: argparse.Namespace) -> str:
-    """Resolve the accelerator and reject impossible device counts before Lightning starts processes."""
+    """Resolve the accelerator and reject more devices than this node has, before Lightning starts processes."""
     import torch
 
-    if args.devices < 1 or args.num_nodes < 1:
-        raise ValueError(f"--devices and --num-nodes must be >= 1 (got {args.devices}, {args.num_nodes})")
-    if args.strategy not in STRATEGIES:
-        raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
     accelerator = {"cuda": "gpu", "auto": "gpu" if torch.cuda.is_available() else "cpu"}.get(args.accelerator, args.accelerator)
     available = torch.cuda.device_count() if accelerator == "gpu" else (os.cpu_count() or 1)
     if args.devices > available:
         kind = "GPUs" if accelerator == "gpu" else "CPU cores"
         raise ValueError(f"--devices {args.devices} requested but only {available} {kind} are available on this node")
     return accelerator
-
-
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_probe_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"output dir {folder} is not writable: {exc.strerror or exc}") from None
 
 
 def data_root_for(key: str, args: argparse.Namespace) -> Path | None:
@@ -244,6 +233,11 @@ NOT_FINGERPRINTED = ("world_size", "num_nodes", "window_batch_size", "accelerato
                      "vfm_weights", "seed")
 
 
+#: Fingerprint fields read from the built segmenter (a resume is checked without them before the model is built).
+MODEL_FIELDS = ("segmenter", "model_fingerprint", "vfm_kind", "attention", "beta", "gamma", "logit_scale", "prob_thd",
+                "area_thd", "pamr_steps", "slide_crop", "slide_stride")
+
+
 def fingerprint(args: argparse.Namespace, job: "Job") -> dict[str, Any]:
     """What a resumed run must share with the recorded one: ``configuration()`` less :data:`NOT_FINGERPRINTED`,
     plus the dataset (its image ids) and the metric settings. Records are keyed by image, so the device count
@@ -268,34 +262,6 @@ def dataset_ids(dataset) -> list[str]:
         base = dataset_ids(dataset.dataset)
         return [base[i] for i in dataset.indices]
     return [str(i) for i in dataset.ids]
-
-
-def previous_run(out_dir: Path) -> list[str]:
-    """What in ``out_dir`` belongs to a previous run (results.json, record files)."""
-    from proxyclip_pl.records import RECORDS_DIR
-
-    found = ["results.json"] if (out_dir / "results.json").exists() else []
-    records = out_dir / RECORDS_DIR
-    if records.is_dir() and any(records.iterdir()):
-        found.append(f"{RECORDS_DIR}/")
-    return found
-
-
-def prepare_output_dir(out_dir: Path, args: argparse.Namespace) -> None:
-    """Refuse to mix with a previous run unless --resume; --overwrite removes it. Only the launching process acts:
-    the processes Lightning starts for the other ranks re-run this script and must neither refuse nor delete."""
-    from proxyclip_pl.records import RECORDS_DIR
-
-    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-        return
-    found = previous_run(out_dir)
-    if not found or args.resume:
-        return
-    if not args.overwrite:
-        raise ValueError(f"output dir {out_dir} holds a previous run ({', '.join(found)}); "
-                         "pass --resume to continue it or --overwrite to start afresh")
-    (out_dir / "results.json").unlink(missing_ok=True)
-    shutil.rmtree(out_dir / RECORDS_DIR, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -425,8 +391,10 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
             headers, recorded, dropped = read_records(job.out_dir / RECORDS_DIR)
             check_fingerprint(headers, fp)
             recorded = {i: r for i, r in recorded.items() if 0 <= i < job.num_samples}
-            if dropped and os.environ.get("LOCAL_RANK", "0") == "0":
-                print(f"resume: {job.key}: ignored {dropped} torn or corrupt record line(s)", file=sys.stderr)
+            if dropped:
+                note(f"resume: {job.key}: ignored {dropped} torn or corrupt record line(s)")
+            note(f"resume: {job.key}: {len(recorded)} of {job.num_samples} images taken from the records in "
+                 f"{job.out_dir / RECORDS_DIR}; {job.num_samples - len(recorded)} left to evaluate")
         prior, prior_rows = None, []
         if recorded:
             like = SegmentationIoU(len(job.dm.class_names), num_samples=job.num_samples, ignore_index=job.ignore_index,
@@ -519,57 +487,137 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
     return all_results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from datamodules import build_datamodule
+def describe_model(args: argparse.Namespace) -> str:
+    """``CLIP <name> (<weights>)`` and, for ProxyCLIP, ``+ VFM <name> (<weights>)``; a plug-in by its factory."""
+    if args.method not in BUILTIN_METHODS:
+        return f"the plug-in {args.method}"
+    from proxyclip_pl.factory import resolve_clip_weights
+
+    text = f"{args.method}: CLIP {args.clip} ({resolve_clip_weights(args.clip, args.clip_weights)})"
+    if args.method == "proxyclip" and str(args.vfm).lower() != "none":
+        text += f" + VFM {args.vfm} ({args.vfm_weights})"
+    return text
+
+
+def validate(args: argparse.Namespace) -> list[str]:
+    """Every check that needs no torch, model or dataset scan: benchmark names, dataset cards and roots, numbers,
+    the method's form and the output folder. Returns the benchmark keys; raises a one-line user error."""
+    from datamodules.custom import custom_preset, read_card
 
     keys = data_keys(args)
     for key in keys:
         if is_card(key):
-            if not Path(key).is_file():
-                raise FileNotFoundError(f"--data {key}: dataset card not found")
+            spec = read_card(key)  # a bad card fails here, before any import of torch
+            root = Path(args.data_root) if args.data_root else Path(spec.pop("data_root"))
+            spec.pop("data_root", None)
+            custom_preset(**spec)
+            if not root.is_dir():
+                raise FileNotFoundError(f"--data {key}: its data_root {root} does not exist")
         elif key not in BENCHMARKS:
             raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}, "
-                             "'all' or a comma-separated list")
+                             "'all', a dataset card (.json) or a comma-separated list")
+        else:
+            data_root_for(key, args)  # a bad --data-root fails before anything is built
     if len(set(keys)) != len(keys) or not keys:
         raise ValueError(f"--data {args.data!r}: list each benchmark once")
-    if args.method not in BUILTIN_METHODS:
-        load_plugin(args.method)  # fail on a bad module:factory before any process starts
+    if args.method not in BUILTIN_METHODS and (":" not in args.method or args.method.startswith(":")
+                                              or args.method.endswith(":")):
+        raise ValueError(f"unknown --method {args.method!r}; expected one of {', '.join(BUILTIN_METHODS)} or "
+                         "module:factory")
     if args.pamr_steps is not None and args.pamr_steps < 0:
         raise ValueError(f"--pamr-steps must be >= 0, got {args.pamr_steps}")
-    accelerator = args.accelerator = check_devices(args)  # results.json records the device actually used
+    if args.devices < 1 or args.num_nodes < 1:
+        raise ValueError(f"--devices and --num-nodes must be >= 1 (got {args.devices}, {args.num_nodes})")
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
+    if args.output_dir is None:
+        if args.num_nodes > 1:
+            raise ValueError("--num-nodes > 1 needs --output-dir (a folder every node writes to)")
+        if args.resume:
+            raise ValueError("--resume needs --output-dir: the folder of the run to continue")
+        args.output_dir = str(default_output_dir(args.method, keys))
     out_root = Path(args.output_dir)
     check_writable(out_root)
     if args.show_dir:
         check_writable(Path(args.show_dir))
-    for key in keys:
-        if is_card(key):  # fail on a bad card before any model is built
-            build_datamodule(key, data_root=args.data_root)
-        else:
-            data_root_for(key, args)  # fail on a bad --data-root before any model is built
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-
-    out_dirs = {key: out_root / key if is_multi(args) else out_root for key in keys}
+    suggestion = free_output_dir(args.method, keys)
     for key in keys:  # refuse (or clear) every previous run before evaluating anything
-        prepare_output_dir(out_dirs[key], args)
-    jobs = [make_job(key, args, out_dirs[key]) for key in keys]
-    build_models(args, jobs)  # once for the whole run
+        prepare_output_dir(output_dir_of(args, key), args.resume, args.overwrite, suggestion)
+    return keys
+
+
+def output_dir_of(args: argparse.Namespace, key: str) -> Path:
+    """Where one benchmark's results go: OUTPUT_DIR, or OUTPUT_DIR/<key>/ when several benchmarks run."""
+    return Path(args.output_dir) / key if is_multi(args) else Path(args.output_dir)
+
+
+def check_resume_early(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
+    """Refuse a resume whose records were written under another protocol, vocabulary, weights or dataset before any
+    model is built (the fields that need the built model are compared in :func:`evaluate_pass`)."""
+    from proxyclip_pl.records import RECORDS_DIR, check_fingerprint, read_records
+
+    if not args.resume:
+        return
+    for job in jobs:
+        headers = read_records(job.out_dir / RECORDS_DIR)[0]
+        if headers:
+            check_fingerprint(headers, fingerprint(args, job), ignore=MODEL_FIELDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    start = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    keys = validate(args)
+    out_root = Path(args.output_dir)
+    note(f"proxyclip-test: {args.method} ({args.protocol} protocol) on {', '.join(keys)}; output: {out_root}")
+    quiet_libraries()
+    if args.method not in BUILTIN_METHODS:
+        load_plugin(args.method)  # fail on a bad module:factory before any process starts
+    accelerator = args.accelerator = check_devices(args)  # results.json records the device actually used
+    if args.method in BUILTIN_METHODS:  # a wrong model name fails before the data are scanned
+        from proxyclip_pl.factory import check_clip_name, check_vfm_name
+
+        check_clip_name(args.clip)
+        if args.method == "proxyclip" and str(args.vfm).lower() != "none":
+            check_vfm_name(args.vfm)
+    jobs = [make_job(key, args, output_dir_of(args, key)) for key in keys]
+    check_resume_early(args, jobs)
+    with phase(f"building {describe_model(args)}", "model ready"):
+        build_models(args, jobs)  # once for the whole run
     all_results: dict[str, dict | None] = {}
     passes = shared_passes(jobs)
-    for group in passes:
-        for job in group:
-            job.out_dir.mkdir(parents=True, exist_ok=True)
-        results = evaluate_pass(group, args, accelerator)
-        all_results.update(results or {job.key: None for job in group})
+    try:
+        for k, group in enumerate(passes, 1):
+            for job in group:
+                job.out_dir.mkdir(parents=True, exist_ok=True)
+            if is_multi(args):
+                note(f"pass {k}/{len(passes)}: {', '.join(job.key for job in group)} ({group[0].num_samples} images)")
+            results = evaluate_pass(group, args, accelerator)
+            all_results.update(results or {job.key: None for job in group})
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Lightning turns Ctrl-C inside trainer.test into a graceful shutdown and sys.exit(1)
+        if isinstance(exc, SystemExit) and exc.code != 1:
+            raise
+        note(f"interrupted: every image evaluated so far is recorded in {out_root}; to continue, run\n"
+             f"  {resume_command(argv, out_root)}")
+        return 130
     if is_multi(args) and all_results[keys[0]] is not None:
         mious = [all_results[k]["mIoU"] for k in keys]
         row = {**{k: m for k, m in zip(keys, mious)}, "avg": round(sum(mious) / len(mious), 2)}
         windows = [all_results[group[0].key]["windows_encoded"] for group in passes]
+        resumed = {k: all_results[k].get("resumed_images", 0) for k in keys}
         summary = {**row, "passes": [[job.key for job in group] for group in passes],
-                   "windows_encoded": None if None in windows else sum(windows)}
+                   # this run's encoder work: images taken from the records of an earlier run were not encoded again
+                   "windows_encoded": None if None in windows else sum(windows),
+                   "resumed_images": resumed}
         (out_root / "summary.json").write_text(json.dumps(summary, indent=2))
         print(table_row(args.method, args.protocol, row, reported=args.data == "all" and publishes(args, jobs)))
-        print(f"{len(passes)} encoder pass(es) for {len(keys)} benchmark(s); windows encoded: {summary['windows_encoded']}")
+        taken = sum(resumed.values())
+        print(f"{len(passes)} encoder pass(es) for {len(keys)} benchmark(s); windows encoded in this run: "
+              f"{summary['windows_encoded']}" + (f" ({taken} image results taken from records)" if taken else ""))
+    note(f"done in {time.perf_counter() - start:.1f} s; results in {out_root}"
+         + ("/<benchmark>/results.json and summary.json" if is_multi(args) else "/results.json"))
     return 0
 
 

@@ -3,7 +3,7 @@
     proxyclip-prepare {voc,context,coco_stuff,coco_object,cityscapes,ade20k,ade847,context459} \
         --src <extracted official download> --dst <dataset root> [--download] [--copy] [--no-progress]
 
-``python scripts/prepare_data.py ...`` runs the same. See the Datasets section of README.md.  The preparers
+``python scripts/prepare_data.py ...`` runs the same. See docs/datasets.md.  The preparers
 are ``datamodules.prepare.PREPARERS``, the downloads ``datamodules.downloads``.  Errors (missing or
 malformed raw data, failed download) print one ``error: ...`` line and exit with status 2.
 """

@@ -11,6 +11,10 @@ clip, 336/224/112 otherwise; --crop 0 = whole image).
 
 Class ids: with --background, 0 is the background and the --classes follow from 1; without it the
 --classes are 0..N-1. Synonyms are separated by '; '.
+
+--out: the image with each class's colour blended over it at 60 % (OVERLAY_ALPHA), and a legend whose
+swatches are those colours blended the same way over mid-grey: a swatch looks like its class in the
+overlay (over a bright or dark part of the photo the class looks a little lighter or darker).
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run
 from proxyclip_pl.native_protocols import BUILTIN_METHODS, Protocol
 from proxyclip_pl.visualize import add_legend, overlay
 
+#: Weight of the class colour in --out (the photo keeps 1 - OVERLAY_ALPHA); the legend uses the same.
+OVERLAY_ALPHA = 0.6
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="proxyclip-segment", description=__doc__,
@@ -35,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--classes", nargs="+", required=True, help="one argument per class, synonyms separated by '; '")
     p.add_argument("--background", default=None, help="background synonyms ('; '-separated): becomes class 0")
     p.add_argument("--prob-thd", type=float, default=0.0, help="pixels below this probability become background")
-    p.add_argument("--out", required=True, help="overlay PNG with a legend")
+    p.add_argument("--out", required=True, help="overlay PNG with a legend (class colours at 60 %%)")
     p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
     p.add_argument("--method", default="proxyclip", help="proxyclip, maskclip, clip, sclip, naclip, clearclip or module:factory")
     p.add_argument("--short-side", type=int, default=None, help="default 336")
@@ -119,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args, vocabulary)
     labels = model.predict(image).cpu().numpy().astype("uint8")
     names = [names[0] for names in vocabulary]
-    add_legend(overlay(image, labels), labels, names).save(args.out)
+    add_legend(overlay(image, labels, OVERLAY_ALPHA), labels, names, alpha=OVERLAY_ALPHA).save(args.out)
     if args.labels_out:
         Image.fromarray(labels, mode="L").save(args.labels_out)
     counts = {names[c]: int((labels == c).sum()) for c in range(len(names))}
