@@ -21,6 +21,7 @@ _SUBMODULE_OF = {
     "Segmenter": "segmenter", "protocol_kwargs": "segmenter", "shared_slide_logits": "segmenter",
     "shares_encoder": "segmenter",
     "flatten_vocabulary": "vocabulary", "load_vocabulary": "vocabulary", "parse_vocabulary": "vocabulary",
+    "MethodSpec": "registry", "register_method": "registry", "evaluate": "api",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULE_OF)
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import ATTENTIONS, CLIP, MaskCLIP, ProxyCLIP
     from .native_protocols import NATIVE_PROTOCOLS, PROXYCLIP_PROTOCOLS, Protocol, protocol_for
     from .segmenter import Segmenter, protocol_kwargs, shared_slide_logits, shares_encoder
+    from .api import evaluate
+    from .registry import MethodSpec, register_method
     from .vocabulary import flatten_vocabulary, load_vocabulary, parse_vocabulary
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "VFM_MODELS",
     "ClearCLIP",
     "MaskCLIP",
+    "MethodSpec",
     "Protocol",
     "ProxyCLIP",
     "Segmenter",
@@ -62,11 +66,13 @@ __all__ = [
     "build_segmenter",
     "build_segmenters",
     "build_vfm",
+    "evaluate",
     "flatten_vocabulary",
     "load_vocabulary",
     "parse_vocabulary",
     "protocol_for",
     "protocol_kwargs",
+    "register_method",
     "shared_slide_logits",
     "shares_encoder",
 ]

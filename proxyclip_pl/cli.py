@@ -37,11 +37,11 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_plugin(spec: str) -> Callable[..., Any]:
     """``module:factory`` -> the factory (the current directory is importable, as for ``python -m``)."""
-    from .native_protocols import BUILTIN_METHODS
+    from .registry import method_sources
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"--method {spec!r}: expected one of {', '.join(BUILTIN_METHODS)} or module:factory")
+        raise ValueError(f"--method {spec!r}: expected one of {', '.join(method_sources())} or module:factory")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -713,9 +713,11 @@ def _build_on_shared_towers(method: str, jobs: Mapping[Hashable, tuple[Sequence[
     """One ``method`` segmenter per job ``(vocabulary, constructor keywords)``, all on ONE CLIP (and, for
     ProxyCLIP, one VFM): the towers are built once, every vocabulary's text embeddings are computed (cached)
     before the text tower is freed, and the segmenters share the tower modules."""
-    classes = segmenter_classes()
+    from .registry import method_spec
+
+    spec = method_spec(method)
     t = towers
-    if method == "proxyclip" and t.vfm is not None:
+    if spec.uses_vfm and t.vfm is not None:
         check_vfm_name(t.vfm)  # a wrong VFM name fails before minutes of CLIP loading and text encoding
     clip_model, tokenizer = build_clip(t.clip, t.clip_weights, seed=t.seed, cache_dir=t.cache_dir)
     clip_model.to(t.device)
@@ -728,16 +730,16 @@ def _build_on_shared_towers(method: str, jobs: Mapping[Hashable, tuple[Sequence[
         # Before any VFM is built, so that its weights reuse the freed memory (lower peak RSS).
         release_text_tower(clip_model)
     vision: tuple[nn.Module | None, ...] = (clip_model,)
-    if method == "proxyclip":
+    if spec.uses_vfm:
         vfm_model, kind = (None, "dino") if t.vfm is None else build_vfm(t.vfm, t.vfm_weights, seed=t.seed)
         if vfm_model is not None:
             vfm_model.to(t.device)
         vision = (clip_model, vfm_model)
     built = {}
     for key, (vocabulary, kwargs) in jobs.items():
-        if method == "proxyclip":
+        if spec.uses_vfm:
             kwargs.setdefault("vfm_kind", kind)
-        built[key] = classes[method](*vision, vocabulary, tokenizer=tokenizer, **kwargs).to(t.device)
+        built[key] = spec.segmenter(*vision, vocabulary, tokenizer=tokenizer, **kwargs).to(t.device)
     return built
 
 
@@ -766,12 +768,10 @@ def text_embeddings_for(
 
 
 def segmenter_classes() -> dict[str, type]:
-    """Built-in method key -> segmenter class."""
-    from .methods import NACLIP, SCLIP, ClearCLIP
-    from .model import CLIP, MaskCLIP, ProxyCLIP
+    """Registered method name -> segmenter class (built-in, installed and registered at run time)."""
+    from .registry import method_sources, method_spec
 
-    return {"proxyclip": ProxyCLIP, "maskclip": MaskCLIP, "clip": CLIP, "sclip": SCLIP, "naclip": NACLIP,
-            "clearclip": ClearCLIP}
+    return {name: method_spec(name).segmenter for name in method_sources()}
 
 
 def build_segmenter(method: str, vocabulary: Sequence[Sequence[str]], protocol: "Protocol", **options: Any) -> "Segmenter":
@@ -812,9 +812,9 @@ def build_segmenters(
     from .native_protocols import Protocol
     from .segmenter import protocol_kwargs
 
-    if method not in segmenter_classes():
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(segmenter_classes())} (or "
-                         "module:factory in scripts/test.py)")
+    from .registry import method_spec
+
+    method_spec(method)  # ValueError naming the known methods
     for _vocabulary, protocol in jobs.values():
         if not isinstance(protocol, Protocol):
             raise TypeError(f"protocol must be a Protocol, got {type(protocol).__name__}")

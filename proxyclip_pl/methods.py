@@ -20,7 +20,8 @@ from torch import nn
 
 from .correlative_attention import sclip_embeddings
 from .method_positional import official_tokens_before_last_block
-from .native_protocols import OFFICIAL_MEAN, OFFICIAL_STD
+from .native_protocols import METHODS, NATIVE_PROTOCOLS, OFFICIAL_MEAN, OFFICIAL_STD, REPORTED_MIOU
+from .registry import MethodSpec
 from .neighbourhood_attention import GAUSSIAN_STD, naclip_embeddings
 from .segmenter import Segmenter
 from .self_self_attention import clearclip_embeddings
@@ -93,3 +94,16 @@ class ClearCLIP(_OfficialCLIPMethod):
     def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         tokens, grid = self.tokens(self.normalize_input(windows))
         return clearclip_embeddings(self.clip.visual, tokens, grid), grid
+
+
+def _spec(name: str, segmenter: type, description: str) -> MethodSpec:
+    info, reported = METHODS[name], REPORTED_MIOU[name]
+    return MethodSpec(name, segmenter, protocols=NATIVE_PROTOCOLS[name], published=reported.miou,
+                      source=f"{info.repository}@{info.commit[:7]}; published: {reported.source}",
+                      description=description)
+
+
+#: The registry entries of this module's methods (:data:`proxyclip_pl.registry.BUILTIN_METHOD_SPECS`).
+SCLIP_SPEC = _spec("sclip", SCLIP, "correlative self-attention in CLIP's last block")
+NACLIP_SPEC = _spec("naclip", NACLIP, "neighbourhood-biased k-k attention, reduced last block, PAMR")
+CLEARCLIP_SPEC = _spec("clearclip", ClearCLIP, "q-q attention without residual and MLP")

@@ -8,6 +8,7 @@ original size -> softmax(x logit_scale), max over synonyms, argmax, threshold.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Sequence
 
 import torch
@@ -21,6 +22,7 @@ from .clip_encoder import (
     vanilla_embeddings,
 )
 from .proxy_attention import proxy_attention
+from .registry import MethodSpec
 from .segmenter import Segmenter, _require
 from .vfm import VFM_KINDS, check_vfm, vfm_features, vfm_raw_attention
 
@@ -159,3 +161,17 @@ class CLIP(MaskCLIP):
     def dense_embeddings(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         tokens, grid = self.tokens(self.normalize_input(windows))
         return vanilla_embeddings(self.clip.visual, tokens), grid
+
+
+#: The registry entries of this module's methods (:data:`proxyclip_pl.registry.BUILTIN_METHOD_SPECS`).
+PROXYCLIP_SPEC = MethodSpec(
+    "proxyclip", ProxyCLIP, towers=("clip", "vfm"),
+    published=MappingProxyType({"voc21": 61.3, "context60": 35.3, "coco_object": 37.5, "voc20": 80.3,
+                                "context59": 39.1, "coco_stuff": 26.5, "cityscapes": 38.1, "ade20k": 20.2}),
+    source="mc-lan/ProxyCLIP@e7b767f; published: paper Table 1 (CLIP ViT-B/16 OpenAI + DINO ViT-B/8)",
+    description="CLIP's last-block values re-aggregated by the VFM's proxy attention (ECCV 2024)",
+)
+MASKCLIP_SPEC = MethodSpec("maskclip", MaskCLIP, source="baseline of the ProxyCLIP paper",
+                           description="the value path of CLIP's last block (no VFM)")
+CLIP_SPEC = MethodSpec("clip", CLIP, source="baseline of the ProxyCLIP paper",
+                       description="CLIP's unchanged last block, class token dropped (no VFM)")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from .registry import BUILTIN_METHOD_SPECS
+
 DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
 #: package dataset key -> official config file (same name in all three repositories).
@@ -314,9 +316,9 @@ PROXYCLIP_PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({
 #: have no config for them): ``native`` falls back to ProxyCLIP's protocol there.
 EXTRA_DATASETS = ("ade847", "context459")
 
-#: Built-in methods (``scripts/test.py --method``). ``proxyclip``, ``maskclip`` and ``clip`` are this
-#: package's (the no-VFM baselines of the ProxyCLIP paper): their native protocol is ProxyCLIP's.
-BUILTIN_METHODS = ("proxyclip", "maskclip", "clip", "sclip", "naclip", "clearclip")
+#: Built-in methods (``scripts/test.py --method``; the registry's table). ``proxyclip``, ``maskclip`` and ``clip``
+#: are this package's (the no-VFM baselines of the ProxyCLIP paper): their native protocol is ProxyCLIP's.
+BUILTIN_METHODS = tuple(BUILTIN_METHOD_SPECS)
 #: ``native``: the method's own per-dataset setting; ``proxyclip``: ProxyCLIP's setting for every method.
 PROTOCOL_NAMES = ("native", "proxyclip")
 
@@ -325,16 +327,24 @@ def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protoco
     """The inference protocol of ``method`` on ``dataset``.
 
     Args:
-        method: one of :data:`BUILTIN_METHODS` (any other name, e.g. a plug-in ``module:factory``, has no
-            native table and gets ProxyCLIP's protocol).
+        method: a registered method (:mod:`proxyclip_pl.registry`: built-in, installed or registered at run
+            time); its :attr:`~proxyclip_pl.registry.MethodSpec.protocols` hold its native rows. Any other name
+            (e.g. a plug-in ``module:factory``) has no native table and gets ProxyCLIP's protocol.
         dataset: one of :data:`DATASETS` or :data:`EXTRA_DATASETS` (no native rows: ProxyCLIP's protocol).
-        protocol: ``native`` (:data:`NATIVE_PROTOCOLS` for SCLIP/NACLIP/ClearCLIP, ProxyCLIP's rows for this
-            package's methods) or ``proxyclip`` (:data:`PROXYCLIP_PROTOCOLS` for every method).
+        protocol: ``native`` (the method's rows, ProxyCLIP's where it has none) or ``proxyclip``
+            (:data:`PROXYCLIP_PROTOCOLS` for every method).
     """
     if protocol not in PROTOCOL_NAMES:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOL_NAMES)}")
     if dataset not in PROXYCLIP_PROTOCOLS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    if protocol == "native" and method in NATIVE_PROTOCOLS and dataset in NATIVE_PROTOCOLS[method]:
-        return NATIVE_PROTOCOLS[method][dataset]
+    if protocol == "native":
+        if method in NATIVE_PROTOCOLS:  # the built-in rows above (torch-free)
+            rows = NATIVE_PROTOCOLS[method]
+        else:
+            from .registry import method_sources, method_spec
+
+            rows = method_spec(method).protocols if method in method_sources() else None
+        if rows and dataset in rows:
+            return rows[dataset]
     return PROXYCLIP_PROTOCOLS[dataset]

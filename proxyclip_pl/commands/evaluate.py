@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import proxyclip_pl
 from datamodules import BENCHMARKS
@@ -38,7 +38,8 @@ from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run
 from proxyclip_pl.commands.run_folder import (check_writable, default_output_dir, free_output_dir, prepare_output_dir,
                                               resume_command)
 from proxyclip_pl.console import note, phase, quiet_libraries
-from proxyclip_pl.native_protocols import (BUILTIN_METHODS, DATASETS, EXTRA_DATASETS, PROTOCOL_NAMES, REPORTED_MIOU,
+from proxyclip_pl.registry import method_sources
+from proxyclip_pl.native_protocols import (DATASETS, EXTRA_DATASETS, PROTOCOL_NAMES,
                                            Protocol, protocol_for)
 
 #: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
@@ -52,7 +53,9 @@ EXTRA_BENCHMARKS = list(EXTRA_DATASETS)
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="proxyclip-test", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True,
+    p.add_argument("--list", action="store_true",
+                   help="list the methods and benchmarks (built-in or the installed distribution's) and exit")
+    p.add_argument("--data",
                    help=f"benchmark key ({', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}), 'all' (the first eight), "
                    "a dataset card path/to/dataset.json (any user dataset; see docs/datasets.md), or a "
                    "comma-separated list of them (e.g. voc21,voc20). Benchmarks on the same images share one encoder "
@@ -73,7 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--text-cache-dir", default=None, help="text-embedding cache (default: ~/.cache/proxyclip_pl)")
     p.add_argument("--method", default="proxyclip",
-                   help=f"{', '.join(BUILTIN_METHODS)} or module:factory (default: %(default)s)")
+                   help=f"{', '.join(method_sources())} (proxyclip-test --list), or module:factory "
+                   "(default: %(default)s)")
     p.add_argument("--protocol", default="native", choices=list(PROTOCOL_NAMES),
                    help="native: the method's own per-dataset setting; proxyclip: ProxyCLIP's (default: %(default)s)")
     p.add_argument("--pamr-steps", type=int, default=None, help="PAMR steps, overriding the protocol's (0: off)")
@@ -89,6 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="discard a previous run in --output-dir (results.json, records/) and start afresh")
     add_model_arguments(p)
     args = p.parse_args(argv)
+    if args.data is None and not args.list:
+        p.error("the following arguments are required: --data")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
     return args
@@ -111,7 +117,7 @@ def resolve_protocol(args: argparse.Namespace, key: str, preset=None):
             protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
         return protocol
     protocol = protocol_for(args.method, key, args.protocol)
-    if args.protocol == "native" and args.method not in BUILTIN_METHODS:
+    if args.protocol == "native" and not registered(args.method):
         protocol = (getattr(load_plugin(args.method), "native_protocols", None) or {}).get(key, protocol)
     if args.pamr_steps is not None:
         protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
@@ -156,7 +162,7 @@ def tower_identities(args: argparse.Namespace) -> dict[str, Any]:
     clip_weights = resolve_clip_weights(args.clip, args.clip_weights)
     towers = {"clip": args.clip, "clip_id": config_id(args.clip), "clip_weights": clip_weights,
               "clip_weights_id": weights_identity(clip_weights, args.seed)}
-    if args.method == "proxyclip" and str(args.vfm).lower() != "none":
+    if uses_vfm(args):
         towers.update(vfm=args.vfm, vfm_id=config_id(args.vfm), vfm_weights=args.vfm_weights,
                       vfm_weights_id=weights_identity(args.vfm_weights, args.seed))
     else:
@@ -179,7 +185,7 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
     import torch
     import torchmetrics
 
-    builtin = args.method in BUILTIN_METHODS
+    builtin = registered(args.method)
     model, protocol = job.model, job.protocol
 
     def attr(name: str, default: Any = None) -> Any:
@@ -326,18 +332,19 @@ def make_job(key: str, args: argparse.Namespace, out_dir: Path) -> Job:
 
 
 def build_models(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
-    """Every job's segmenter. Built-in methods: CLIP (and the VFM) built once for the whole run, shared by all
-    segmenters. A plug-in factory is called once per benchmark (what it shares is up to it)."""
+    """Every job's segmenter. Registered methods (built-in or installed): CLIP (and the VFM) built once for the
+    whole run, shared by all segmenters. A ``module:factory`` plug-in is called once per benchmark (what it shares
+    is up to it)."""
     from proxyclip_pl.factory import build_segmenters
 
-    if args.method not in BUILTIN_METHODS:
+    if not registered(args.method):
         for job in jobs:
             job.model = load_plugin(args.method)(vocabulary=job.vocabulary, protocol=job.protocol)
         return
     kwargs = model_kwargs(args)
-    if args.method != "proxyclip":
-        if kwargs.pop("attention") != "proxy":
-            raise ValueError(f"--attention is a ProxyCLIP option; --method {args.method} has none")
+    if args.method != "proxyclip" and kwargs.pop("attention") != "proxy":
+        raise ValueError(f"--attention is a ProxyCLIP option; --method {args.method} has none")
+    if not uses_vfm(args, spec_only=True):
         kwargs.pop("vfm"), kwargs.pop("vfm_weights")
     models = build_segmenters(args.method, {job.key: (job.vocabulary, job.protocol) for job in jobs},
                               text_cache_dir=args.text_cache_dir, **kwargs)
@@ -384,7 +391,7 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
         fp = fingerprint(args, job)
         recorded: dict[int, dict[str, Any]] = {}
         if args.resume:
-            if args.method not in BUILTIN_METHODS and fp["model_fingerprint"] is None:
+            if not registered(args.method) and fp["model_fingerprint"] is None:
                 raise ValueError(f"cannot resume --method {args.method}: its segmenter ({type(job.model).__name__}) "
                                  "has no state_fingerprint(), so records of another model could be mixed in; give it "
                                  "one (every proxyclip_pl.Segmenter subclass has it) or rerun with --overwrite")
@@ -489,12 +496,12 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
 
 def describe_model(args: argparse.Namespace) -> str:
     """``CLIP <name> (<weights>)`` and, for ProxyCLIP, ``+ VFM <name> (<weights>)``; a plug-in by its factory."""
-    if args.method not in BUILTIN_METHODS:
+    if not registered(args.method):
         return f"the plug-in {args.method}"
     from proxyclip_pl.factory import resolve_clip_weights
 
     text = f"{args.method}: CLIP {args.clip} ({resolve_clip_weights(args.clip, args.clip_weights)})"
-    if args.method == "proxyclip" and str(args.vfm).lower() != "none":
+    if uses_vfm(args):
         text += f" + VFM {args.vfm} ({args.vfm_weights})"
     return text
 
@@ -520,10 +527,10 @@ def validate(args: argparse.Namespace) -> list[str]:
             data_root_for(key, args)  # a bad --data-root fails before anything is built
     if len(set(keys)) != len(keys) or not keys:
         raise ValueError(f"--data {args.data!r}: list each benchmark once")
-    if args.method not in BUILTIN_METHODS and (":" not in args.method or args.method.startswith(":")
-                                              or args.method.endswith(":")):
-        raise ValueError(f"unknown --method {args.method!r}; expected one of {', '.join(BUILTIN_METHODS)} or "
-                         "module:factory")
+    if not registered(args.method) and (":" not in args.method or args.method.startswith(":")
+                                        or args.method.endswith(":")):
+        raise ValueError(f"unknown --method {args.method!r}; expected one of {', '.join(method_sources())} "
+                         "(proxyclip-test --list) or module:factory")
     if args.pamr_steps is not None and args.pamr_steps < 0:
         raise ValueError(f"--pamr-steps must be >= 0, got {args.pamr_steps}")
     if args.devices < 1 or args.num_nodes < 1:
@@ -564,22 +571,31 @@ def check_resume_early(args: argparse.Namespace, jobs: Sequence[Job]) -> None:
             check_fingerprint(headers, fingerprint(args, job), ignore=MODEL_FIELDS)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the evaluation; the message is the command that continues the run."""
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None]:
+    """The whole evaluation of parsed arguments (``argv``: as given, for the resume command).
+
+    Returns:
+        benchmark key -> its ``results.json`` content (``None`` in the processes of other ranks).
+    Raises:
+        RunInterrupted: on Ctrl-C, after every evaluated image has been recorded.
+    """
     start = time.perf_counter()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
     keys = validate(args)
     out_root = Path(args.output_dir)
     note(f"proxyclip-test: {args.method} ({args.protocol} protocol) on {', '.join(keys)}; output: {out_root}")
     quiet_libraries()
-    if args.method not in BUILTIN_METHODS:
+    if not registered(args.method):
         load_plugin(args.method)  # fail on a bad module:factory before any process starts
     accelerator = args.accelerator = check_devices(args)  # results.json records the device actually used
-    if args.method in BUILTIN_METHODS:  # a wrong model name fails before the data are scanned
+    if registered(args.method):  # a wrong model name fails before the data are scanned
         from proxyclip_pl.factory import check_clip_name, check_vfm_name
 
         check_clip_name(args.clip)
-        if args.method == "proxyclip" and str(args.vfm).lower() != "none":
+        if uses_vfm(args):
             check_vfm_name(args.vfm)
     jobs = [make_job(key, args, output_dir_of(args, key)) for key in keys]
     check_resume_early(args, jobs)
@@ -599,9 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Lightning turns Ctrl-C inside trainer.test into a graceful shutdown and sys.exit(1)
         if isinstance(exc, SystemExit) and exc.code != 1:
             raise
-        note(f"interrupted: every image evaluated so far is recorded in {out_root}; to continue, run\n"
-             f"  {resume_command(argv, out_root)}")
-        return 130
+        raise RunInterrupted(f"interrupted: every image evaluated so far is recorded in {out_root}; to continue, "
+                             f"run\n  {resume_command(argv, out_root)}") from None
     if is_multi(args) and all_results[keys[0]] is not None:
         mious = [all_results[k]["mIoU"] for k in keys]
         row = {**{k: m for k, m in zip(keys, mious)}, "avg": round(sum(mious) / len(mious), 2)}
@@ -618,14 +633,38 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{summary['windows_encoded']}" + (f" ({taken} image results taken from records)" if taken else ""))
     note(f"done in {time.perf_counter() - start:.1f} s; results in {out_root}"
          + ("/<benchmark>/results.json and summary.json" if is_multi(args) else "/results.json"))
+    return all_results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.list:
+        print(list_entries())
+        return 0
+    try:
+        run(args, argv)
+    except RunInterrupted as exc:
+        note(str(exc))
+        return 130
     return 0
+
+
+def published_row(method: str) -> Mapping[str, float | None] | None:
+    """The published mIoU per benchmark of a registered method (``None``: unregistered or none published)."""
+    from proxyclip_pl.registry import method_spec
+
+    return method_spec(method).published if registered(method) else None
 
 
 def publishes(args: argparse.Namespace, jobs: Sequence[Job]) -> bool:
     """Whether the method's published numbers apply to this run: its native protocol and, on every benchmark, its
-    own official vocabulary (a baseline's published row was measured with its class-name files, not ours)."""
-    return args.protocol == "native" and args.method in REPORTED_MIOU and all(
-        job.vocab.owner == args.method for job in jobs)
+    native vocabulary (a baseline's published row was measured with its own class-name files, not ours)."""
+    from proxyclip_pl.query_vocabularies import query_vocabulary
+
+    return args.protocol == "native" and published_row(args.method) is not None and all(
+        not is_card(job.key) and job.vocab.source == query_vocabulary(args.method, job.key, "native").source
+        for job in jobs)
 
 
 def table_row(method: str, protocol: str, row: dict[str, float], reported: bool = True) -> str:
@@ -635,12 +674,41 @@ def table_row(method: str, protocol: str, row: dict[str, float], reported: bool 
     width = max(len(name), 10)
     lines = [f"{'':<{width}} | " + " | ".join(f"{k:>11}" for k in row),
              f"{name:<{width}} | " + " | ".join(f"{v:>11.2f}" for v in row.values())]
-    if reported and protocol == "native" and method in REPORTED_MIOU:
-        reported = [REPORTED_MIOU[method].miou.get(k) for k in TABLE_ORDER]
-        cells = [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in reported]
-        known = [v for v in reported if v is not None]
-        cells.append(f"{sum(known) / len(known):>11.2f}" if len(known) == len(reported) else f"{'-':>11}")
+    published = published_row(method) if reported and protocol == "native" else None
+    if published is not None:
+        values = [published.get(k) for k in TABLE_ORDER]
+        cells = [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in values]
+        known = [v for v in values if v is not None]
+        cells.append(f"{sum(known) / len(known):>11.2f}" if len(known) == len(values) else f"{'-':>11}")
         lines.append(f"{'reported':<{width}} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def registered(method: str) -> bool:
+    """A method of the registry (built-in, installed through an entry point, or registered at run time)."""
+    return method in method_sources()
+
+
+def uses_vfm(args: argparse.Namespace, spec_only: bool = False) -> bool:
+    """Whether the run builds a VFM: the method's spec asks for one (and ``--vfm`` is not ``none``)."""
+    if not registered(args.method):
+        return False
+    from proxyclip_pl.registry import method_spec
+
+    return method_spec(args.method).uses_vfm and (spec_only or str(args.vfm).lower() != "none")
+
+
+def list_entries() -> str:
+    """``--list``: every method and benchmark with its source."""
+    from proxyclip_pl.registry import method_spec
+
+    lines = ["methods:"]
+    for name, source in method_sources().items():
+        spec = method_spec(name)
+        lines.append(f"  {name:<12} {source:<24} {spec.description}")
+    lines.append("benchmarks:")
+    for key, preset in BENCHMARKS.items():
+        lines.append(f"  {key:<12} {'built-in':<24} {preset.num_classes} classes")
     return "\n".join(lines)
 
 

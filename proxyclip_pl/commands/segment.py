@@ -28,7 +28,8 @@ from PIL import Image
 import proxyclip_pl
 from datamodules.io import read_image
 from proxyclip_pl.cli import add_model_arguments, load_plugin, model_kwargs, run_cli
-from proxyclip_pl.native_protocols import BUILTIN_METHODS, Protocol
+from proxyclip_pl.native_protocols import Protocol
+from proxyclip_pl.registry import method_sources, method_spec
 from proxyclip_pl.visualize import add_legend, overlay
 
 #: Weight of the class colour in --out (the photo keeps 1 - OVERLAY_ALPHA); the legend uses the same.
@@ -44,7 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prob-thd", type=float, default=0.0, help="pixels below this probability become background")
     p.add_argument("--out", required=True, help="overlay PNG with a legend (class colours at 60 %%)")
     p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
-    p.add_argument("--method", default="proxyclip", help="proxyclip, maskclip, clip, sclip, naclip, clearclip or module:factory")
+    p.add_argument("--method", default="proxyclip", help="a registered method (proxyclip, maskclip, clip, sclip, naclip, clearclip, installed ones: "
+                   "proxyclip-test --list) or module:factory")
     p.add_argument("--short-side", type=int, default=None, help="default 336")
     p.add_argument("--crop", type=int, default=None,
                    help="window side (official slide_crop): default 336 (proxyclip, maskclip, clip) or 224; 0: whole image")
@@ -97,12 +99,13 @@ def build_model(args: argparse.Namespace, vocabulary):
         )
     protocol = Protocol(short_side, max(2048, short_side), window_size, stride, args.logit_scale, args.prob_thd, args.area_thd,
                         args.pamr_steps)
-    if args.method not in BUILTIN_METHODS:
+    if args.method not in method_sources():
         return load_plugin(args.method)(vocabulary=vocabulary, protocol=protocol).to(args.device)
     kwargs = model_kwargs(args)
     if kwargs.pop("attention") != "proxy":
         raise ValueError(f"--attention is a ProxyCLIP option; --method {args.method} has none")
-    kwargs.pop("vfm"), kwargs.pop("vfm_weights")
+    if not method_spec(args.method).uses_vfm:
+        kwargs.pop("vfm"), kwargs.pop("vfm_weights")
     return proxyclip_pl.build_segmenter(args.method, vocabulary, protocol, device=args.device, **kwargs)
 
 

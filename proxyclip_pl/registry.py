@@ -1,0 +1,159 @@
+"""The methods every command knows: one :class:`MethodSpec` per method, from three sources.
+
+* **Built-in**: :data:`BUILTIN_METHOD_SPECS`, an explicit table of ``module:ATTR`` addresses of the specs, each
+  defined beside its segmenter class (``proxyclip_pl.model``, ``proxyclip_pl.methods``). The table is read
+  without importing those modules, so listing or checking a name costs no torch import.
+* **Installed distributions**: an entry point ``NAME = "module:SPEC"`` in the group ``proxyclip_pl.methods``
+  (``[project.entry-points."proxyclip_pl.methods"]`` in its ``pyproject.toml``), loaded when first used.
+* **Run time**: :func:`register_method` (e.g. from a notebook).
+
+A registered method gets what a built-in one has: its towers built once for all benchmarks, the text-embedding
+cache, shared encoder passes, its native protocol and its published row. Nothing registers on import.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib import metadata
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .native_protocols import Protocol
+
+#: Entry-point group of third-party methods (values ``module:ATTR`` naming a :class:`MethodSpec`).
+METHODS_GROUP = "proxyclip_pl.methods"
+#: The towers a method may ask for, in the order the segmenter's constructor takes them before the vocabulary.
+TOWERS = ("clip", "vfm")
+BUILTIN = "built-in"
+
+#: Built-in method name -> address of its spec (beside its class).
+BUILTIN_METHOD_SPECS: Mapping[str, str] = MappingProxyType({
+    "proxyclip": "proxyclip_pl.model:PROXYCLIP_SPEC",
+    "maskclip": "proxyclip_pl.model:MASKCLIP_SPEC",
+    "clip": "proxyclip_pl.model:CLIP_SPEC",
+    "sclip": "proxyclip_pl.methods:SCLIP_SPEC",
+    "naclip": "proxyclip_pl.methods:NACLIP_SPEC",
+    "clearclip": "proxyclip_pl.methods:CLEARCLIP_SPEC",
+})
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One training-free segmentation method, as the harness runs it.
+
+    Attributes:
+        name: the ``--method`` name.
+        segmenter: a :class:`~proxyclip_pl.Segmenter` subclass, constructed as
+            ``segmenter(*towers, vocabulary, tokenizer=..., text_embeddings=..., **protocol keywords)``; with the
+            ``vfm`` tower it also receives ``vfm_kind`` (the VFM recipe).
+        towers: the towers it needs, a subset of :data:`TOWERS` starting with ``"clip"``.
+        protocols: benchmark key -> its native :class:`~proxyclip_pl.native_protocols.Protocol`; a benchmark
+            without one gets ProxyCLIP's protocol.
+        published: benchmark key -> published mIoU (%) under the native protocol (``None``: not published).
+        source: where the method and its numbers come from (repository@commit, paper table).
+        description: one line for ``proxyclip-test --list``.
+    """
+
+    name: str
+    segmenter: type
+    towers: tuple[str, ...] = ("clip",)
+    protocols: Mapping[str, "Protocol"] | None = None
+    published: Mapping[str, float | None] | None = None
+    source: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or ":" in self.name or self.name != self.name.strip():
+            raise ValueError(f"MethodSpec name {self.name!r} must be a non-empty name without ':' or spaces")
+        if not self.towers or self.towers[0] != "clip" or not set(self.towers) <= set(TOWERS):
+            raise ValueError(f"MethodSpec {self.name!r}: towers {self.towers!r} must start with 'clip' and be a "
+                             f"subset of {TOWERS}")
+        from .segmenter import Segmenter  # the spec's class is checked where it is made
+
+        if not (isinstance(self.segmenter, type) and issubclass(self.segmenter, Segmenter)):
+            raise TypeError(f"MethodSpec {self.name!r}: segmenter must be a Segmenter subclass, "
+                            f"got {self.segmenter!r}")
+
+    @property
+    def uses_vfm(self) -> bool:
+        return "vfm" in self.towers
+
+
+_RUNTIME: dict[str, MethodSpec] = {}
+_LOADED: dict[str, MethodSpec] = {}
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    """Installed methods by name; a name that clashes with a built-in or with another distribution is an error."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=METHODS_GROUP):
+        origin = _distribution(ep)
+        if ep.name in BUILTIN_METHOD_SPECS:
+            raise ValueError(f"method {ep.name!r} of the distribution {origin!r} clashes with the built-in method "
+                             f"{ep.name!r}; rename its entry point in the group {METHODS_GROUP}")
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise ValueError(f"method {ep.name!r} is declared by the distributions {_distribution(found[ep.name])!r} "
+                             f"and {origin!r}; uninstall one of them")
+        found[ep.name] = ep
+    return found
+
+
+def _distribution(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else "an installed distribution"
+
+
+def _load(address: str, what: str) -> Any:
+    module, _, attr = address.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{what}: cannot load {address} ({exc})") from None
+
+
+def method_sources() -> dict[str, str]:
+    """Every method name -> where it comes from (``built-in``, a distribution's name, or ``run time``).
+    Loads nothing: costs no torch import."""
+    sources = dict.fromkeys(BUILTIN_METHOD_SPECS, BUILTIN)
+    sources.update({name: _distribution(ep) for name, ep in _entry_points().items()})
+    sources.update(dict.fromkeys(_RUNTIME, "run time"))
+    return sources
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec of method ``name`` (``ValueError`` naming the known methods if there is none)."""
+    if name in _RUNTIME:
+        return _RUNTIME[name]
+    if name not in _LOADED:
+        if name in BUILTIN_METHOD_SPECS:
+            address, what = BUILTIN_METHOD_SPECS[name], f"built-in method {name!r}"
+        else:
+            installed = _entry_points()
+            if name not in installed:
+                raise ValueError(f"unknown method {name!r}; expected one of {', '.join(method_sources())} "
+                                 "(proxyclip-test --list) or module:factory")
+            address, what = installed[name].value, f"method {name!r} of {_distribution(installed[name])!r}"
+        spec = _load(address, what)
+        if not isinstance(spec, MethodSpec):
+            raise ValueError(f"{what}: {address} is a {type(spec).__name__}, not a proxyclip_pl.MethodSpec")
+        if spec.name != name:
+            raise ValueError(f"{what}: {address} is the spec of {spec.name!r}; the entry point must be named "
+                             f"after it")
+        _LOADED[name] = spec
+    return _LOADED[name]
+
+
+def register_method(spec: MethodSpec) -> None:
+    """Add a method at run time (until the process ends); a name already known is an error naming both."""
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"register_method takes a MethodSpec, got {type(spec).__name__}")
+    sources = method_sources()
+    if spec.name in sources and _RUNTIME.get(spec.name) is not spec:
+        raise ValueError(f"method {spec.name!r} is already defined ({sources[spec.name]}); choose another name")
+    _RUNTIME[spec.name] = spec
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method added with :func:`register_method` (tests, notebooks)."""
+    _RUNTIME.pop(name, None)

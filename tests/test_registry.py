@@ -1,0 +1,194 @@
+"""The method registry: every registered method passes one battery (parametrised over the registry, so a new
+entry is tested without editing this file); run-time and installed (entry-point) methods get what built-in ones
+get; ``proxyclip_pl.evaluate`` equals ``proxyclip-test``."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import BENCHMARKS
+from datamodules.synthetic import make_fake_benchmark
+from proxyclip_pl import MethodSpec, Segmenter, evaluate, register_method
+from proxyclip_pl.factory import build_segmenters
+from proxyclip_pl.model import MaskCLIP
+from proxyclip_pl.native_protocols import DATASETS, PROXYCLIP_PROTOCOLS, protocol_for
+from proxyclip_pl.registry import BUILTIN_METHOD_SPECS, TOWERS, method_sources, method_spec, unregister_method
+from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "test.py"
+FIELDS = ("num_images", "mIoU", "aAcc", "mAcc", "per_class_iou", "per_class_acc")
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("registry_towers")
+    return {"clip": str(write_tiny_clip_config(d)), "clip_weights": "random", "text_cache_dir": str(d / "cache"),
+            "vfm": str(write_tiny_vfm_spec(d)), "vfm_weights": "random"}
+
+
+# ------------------------------------------------------------------------------ the battery, per registered method
+@pytest.mark.parametrize("name", sorted(method_sources()))
+def test_spec_is_consistent(name):
+    spec = method_spec(name)
+    assert spec.name == name and issubclass(spec.segmenter, Segmenter)
+    assert spec.towers[0] == "clip" and set(spec.towers) <= set(TOWERS)
+    assert set(spec.protocols or {}) <= set(PROXYCLIP_PROTOCOLS) and set(spec.published or {}) <= set(DATASETS)
+    for key in DATASETS:  # the native protocol is the spec's row, ProxyCLIP's where it has none
+        assert protocol_for(name, key, "native") == (spec.protocols or {}).get(key, PROXYCLIP_PROTOCOLS[key])
+        assert protocol_for(name, key, "proxyclip") == PROXYCLIP_PROTOCOLS[key]
+
+
+@pytest.mark.parametrize("name", sorted(method_sources()))
+def test_method_segments_and_batches_exactly_on_tiny_towers(name, towers):
+    spec = method_spec(name)
+    options = towers if spec.uses_vfm else {k: v for k, v in towers.items() if not k.startswith("vfm")}
+    vocabulary = [["sky"], ["cat", "kitten"], ["dog"]]
+    protocol = protocol_for(name, "voc20", "native")
+    model = build_segmenters(name, {0: (vocabulary, protocol)}, **options)[0]
+    assert isinstance(model, spec.segmenter) and model.protocol == protocol
+    windows = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    batched = model.grid_logits(windows)
+    single = torch.cat([model.grid_logits(w[None]) for w in windows])
+    assert batched.shape[:2] == (3, 4) and torch.allclose(batched, single, atol=1e-5)
+    labels = model.predict((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8))
+    assert labels.shape == (50, 70) and 0 <= int(labels.min()) and int(labels.max()) < 3
+
+
+# -------------------------------------------------------------------------------------------- run-time entries
+class EchoCLIP(MaskCLIP):
+    """MaskCLIP under another name: a run-time method whose results must equal the built-in's."""
+
+
+def test_run_time_method_is_listed_built_like_a_builtin_and_clashes_are_refused(towers):
+    spec = MethodSpec("echoclip", EchoCLIP, published={"voc21": 1.0}, description="test")
+    register_method(spec)
+    try:
+        assert method_sources()["echoclip"] == "run time" and method_spec("echoclip") is spec
+        options = {k: v for k, v in towers.items() if not k.startswith("vfm")}
+        jobs = {0: ([["sky"], ["cat"]], PROXYCLIP_PROTOCOLS["voc21"])}
+        ours, builtin = (build_segmenters(m, jobs, **options)[0] for m in ("echoclip", "maskclip"))
+        windows = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+        assert type(ours) is EchoCLIP and torch.equal(ours.grid_logits(windows), builtin.grid_logits(windows))
+        with pytest.raises(ValueError, match="'sclip' is already defined \\(built-in\\)"):
+            register_method(MethodSpec("sclip", EchoCLIP))
+    finally:
+        unregister_method("echoclip")
+    assert "echoclip" not in method_sources()
+    with pytest.raises(ValueError, match="towers"):
+        MethodSpec("x", EchoCLIP, towers=("vfm",))
+    with pytest.raises(TypeError, match="Segmenter subclass"):
+        MethodSpec("x", dict)
+
+
+def test_builtin_table_is_read_without_torch():
+    code = ("import sys; from proxyclip_pl.registry import method_sources; "
+            "print(list(method_sources()), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == f"{list(BUILTIN_METHOD_SPECS)} False", r.stderr
+
+
+# ------------------------------------------------------------------------- an installed distribution's method
+TOY_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "proxyclip-toy"
+version = "0.1"
+
+[project.entry-points."proxyclip_pl.methods"]
+toyclip = "toy_method:SPEC"
+
+[tool.setuptools]
+py-modules = ["toy_method"]
+"""
+TOY_MODULE = '''
+from proxyclip_pl import MethodSpec
+from proxyclip_pl.model import MaskCLIP
+
+
+class ToyCLIP(MaskCLIP):
+    """MaskCLIP's math under a third-party name."""
+
+
+SPEC = MethodSpec("toyclip", ToyCLIP, description="a toy method from an installed distribution")
+'''
+
+
+def run(args, env, cwd):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env}, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_installed_distribution_method_runs_like_a_builtin(tmp_path):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "pyproject.toml").write_text(TOY_PYPROJECT)
+    (dist / "toy_method.py").write_text(textwrap.dedent(TOY_MODULE))
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--no-index", "--target", str(target), str(dist)], capture_output=True, text=True,
+                         timeout=300)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
+
+    listed = run(["--list"], env, tmp_path)
+    assert listed.returncode == 0 and any(line.split()[:2] == ["toyclip", "proxyclip-toy"]
+                                          for line in listed.stdout.splitlines()), listed.stdout
+
+    make_fake_benchmark("voc21", tmp_path / "data", 3, sizes=((60, 80), (50, 70)))
+    make_fake_benchmark("voc20", tmp_path / "data", 3, sizes=((60, 80), (50, 70)))
+    flags = ["--data", "voc21,voc20", "--data-root", str(tmp_path / "data"), "--clip",
+             str(write_tiny_clip_config(tmp_path)), "--accelerator", "cpu", "--num-workers", "0",
+             "--text-cache-dir", str(tmp_path / "cache")]
+    first = run([*flags, "--method", "toyclip", "--output-dir", str(tmp_path / "toy")], env, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "text embeddings, 46 queries" in first.stderr  # encoded once, into the cache
+    again = run([*flags, "--method", "toyclip", "--output-dir", str(tmp_path / "toy_again")], env, tmp_path)
+    assert again.returncode == 0 and "text embeddings," not in again.stderr  # the cache served it
+    builtin = run([*flags, "--method", "maskclip", "--output-dir", str(tmp_path / "maskclip")], env, tmp_path)
+    assert builtin.returncode == 0, builtin.stderr[-3000:]
+    summary = json.loads((tmp_path / "toy" / "summary.json").read_text())
+    assert summary["passes"] == [["voc21", "voc20"]]  # one shared encoder pass
+    windows = json.loads((tmp_path / "maskclip" / "summary.json").read_text())["windows_encoded"]
+    assert summary["windows_encoded"] == windows  # each window encoded once for both benchmarks
+    for key in ("voc21", "voc20"):
+        toy, ref = (json.loads((tmp_path / run_dir / key / "results.json").read_text())
+                    for run_dir in ("toy", "maskclip"))
+        assert toy["config"]["segmenter"] == "toy_method.ToyCLIP"
+        for field in FIELDS:
+            assert toy[field] == ref[field], (key, field)
+
+
+# ------------------------------------------------------------------------------------------ evaluate() vs CLI
+@pytest.mark.slow
+def test_evaluate_returns_what_the_cli_writes(tmp_path):
+    make_fake_benchmark("voc21", tmp_path / "data", 3, sizes=((60, 80), (50, 70)))
+    options = dict(clip=str(write_tiny_clip_config(tmp_path)), vfm=str(write_tiny_vfm_spec(tmp_path)),
+                   vfm_weights="random", accelerator="cpu", num_workers=0, text_cache_dir=str(tmp_path / "cache"))
+    got = evaluate("proxyclip", "voc21", data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "api"),
+                   **options)
+    argv = ["--method", "proxyclip", "--data", "voc21", "--data-root", str(tmp_path / "data"), "--output-dir",
+            str(tmp_path / "cli")]
+    for name, value in options.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    r = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert got == json.loads((tmp_path / "api" / "results.json").read_text())
+    for field in (*FIELDS, "shared_pass", "windows_encoded"):
+        assert got[field] == cli[field], field
+    assert got["config"]["vocabulary"] == cli["config"]["vocabulary"]
+    with pytest.raises(TypeError, match="unknown option 'clip_weight'"):
+        evaluate("proxyclip", "voc21", clip_weight="random")
