@@ -26,7 +26,8 @@ _SUBMODULE_OF = {
     "list_collate": "dataset",
     "DataFileError": "io", "MissingFileError": "io", "read_image": "io", "read_label": "io",
     "array_to_rgb_uint8": "io",
-    "BENCHMARKS": "presets", "BenchmarkPreset": "presets",
+    "BENCHMARKS": "presets", "BenchmarkPreset": "presets", "BenchmarkSpec": "presets",
+    "register_benchmark": "registry", "benchmark_sources": "registry",
     "UnrepeatedDistributedSampler": "sampler",
     "IGNORE_INDEX": "transforms", "ResizeShortSide": "transforms", "apply_label_transform": "transforms",
     "build_test_transform": "transforms", "label_lut": "transforms",
@@ -38,10 +39,11 @@ __getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULE_OF)
 if TYPE_CHECKING:  # pragma: no cover
     from .base import DatasetCountWarning, SegmentationDataModule, default_data_root
     from .benchmarks import DATAMODULES, build_datamodule
-    from .presets import BENCHMARKS, BenchmarkPreset
+    from .presets import BENCHMARKS, BenchmarkPreset, BenchmarkSpec
+    from .registry import benchmark_sources, register_benchmark
 
 __all__ = [
-    "BENCHMARKS", "BenchmarkPreset", "build_datamodule", "DATAMODULES", "SegmentationDataModule",
+    "BENCHMARKS", "BenchmarkPreset", "BenchmarkSpec", "register_benchmark", "benchmark_sources", "build_datamodule", "DATAMODULES", "SegmentationDataModule",
     "VOC21DataModule", "VOC20DataModule", "Context60DataModule", "Context59DataModule",
     "COCOObjectDataModule", "COCOStuffDataModule", "CityscapesDataModule", "ADE20KDataModule",
     "ADE847DataModule", "Context459DataModule", "MAIN_BENCHMARKS",

@@ -48,7 +48,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         preset = preset if preset is not None else type(self).preset
         if preset is None:
             raise TypeError("SegmentationDataModule needs a BenchmarkPreset")
-        if preset.is_custom and data_root is None:
+        if preset.is_custom and not preset.sub_path and data_root is None:
+            # (a registered benchmark's sub_path is its data_root, or its key under $PROXYCLIP_DATA / data/)
             raise TypeError(f"the user dataset {preset.key!r} needs data_root")
         self.preset = preset
         self.data_root = Path(data_root) if data_root is not None else default_data_root(preset)

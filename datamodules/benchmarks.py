@@ -64,7 +64,7 @@ def build_datamodule(name: str, data_root: str | os.PathLike | None = None, batc
     name = os.fspath(name)
     if name == "custom" or name.endswith(".json"):
         return _build_custom(name, data_root, batch_size, num_workers, overrides)
-    if name not in DATAMODULES:
+    if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}, 'custom' "
                          "or a dataset card (.json)")
     dm_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in _DM_KWARGS}
@@ -72,6 +72,7 @@ def build_datamodule(name: str, data_root: str | os.PathLike | None = None, batc
     if unknown:
         raise TypeError(f"unknown option(s) for build_datamodule: {sorted(unknown)}; "
                         f"accepted: {sorted(_DM_KWARGS | _PRESET_FIELDS)}")
-    cls = DATAMODULES[name]
+    # a registered (installed or run-time) benchmark: the generic datamodule with its spec
+    cls = DATAMODULES.get(name) or type(name, (SegmentationDataModule,), {"preset": BENCHMARKS[name]})
     preset = dataclasses.replace(cls.preset, **overrides) if overrides else None
     return cls(preset=preset, data_root=data_root, batch_size=batch_size, num_workers=num_workers, **dm_kwargs)

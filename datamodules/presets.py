@@ -8,8 +8,12 @@ ADE20K index 7 is ``'bed '`` with a trailing space on purpose).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
+
+from .registry import BenchmarkRegistry
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 
@@ -155,6 +159,19 @@ class BenchmarkPreset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> "BenchmarkPreset":
+        """A benchmark from a dataset card's keys (``docs/datasets.md``), as a dict; ``name`` is its ``--data`` key.
+        ``data_root`` is optional: without it ``--data-root`` (or ``$PROXYCLIP_DATA/<name>``) supplies it."""
+        from .custom import DatasetCardError, custom_preset
+
+        spec = dict(card)
+        root = spec.pop("data_root", None)
+        if not spec.get("name"):
+            raise DatasetCardError("BenchmarkSpec.from_card needs 'name', the benchmark's --data key")
+        preset = custom_preset(**spec)
+        return dataclasses.replace(preset, sub_path=str(root) if root is not None else preset.key)
+
     @property
     def vocabulary_file(self) -> Path:
         """Query vocabulary (one class per line, synonyms separated by '; ')."""
@@ -212,7 +229,8 @@ def _coco(key: str, classes: tuple[str, ...], suffix: str, thd: float, bg: bool)
     )
 
 
-BENCHMARKS: dict[str, BenchmarkPreset] = {
+#: The built-in benchmarks (``BENCHMARKS`` adds installed and run-time ones).
+BUILTIN_BENCHMARKS: dict[str, BenchmarkPreset] = {
     "voc21": _voc("voc21", ("background",) + VOC20_CLASSES, reduce=False, thd=0.2),
     "voc20": _voc("voc20", VOC20_CLASSES, reduce=True, thd=0.0),
     "context60": _context("context60", ("background",) + CONTEXT59_CLASSES, reduce=False, thd=0.15),
@@ -263,8 +281,13 @@ BENCHMARKS: dict[str, BenchmarkPreset] = {
     ),
 }
 
+#: Every benchmark: the built-in ones, then installed (entry points) and run-time ones (:mod:`datamodules.registry`).
+BENCHMARKS = BenchmarkRegistry(BUILTIN_BENCHMARKS)
+#: A benchmark of the registry is a preset.
+BenchmarkSpec = BenchmarkPreset
+
 #: The eight benchmarks of the ProxyCLIP paper's main table (``scripts/test.py --data all``).
 MAIN_BENCHMARKS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
-assert all(len(BENCHMARKS[k].class_names) == n for k, n in zip(
+assert all(len(BUILTIN_BENCHMARKS[k].class_names) == n for k, n in zip(
     MAIN_BENCHMARKS + ("ade847", "context459"), (21, 60, 81, 20, 59, 171, 19, 150, 847, 459)))

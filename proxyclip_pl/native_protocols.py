@@ -336,8 +336,6 @@ def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protoco
     """
     if protocol not in PROTOCOL_NAMES:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOL_NAMES)}")
-    if dataset not in PROXYCLIP_PROTOCOLS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if protocol == "native":
         if method in NATIVE_PROTOCOLS:  # the built-in rows above (torch-free)
             rows = NATIVE_PROTOCOLS[method]
@@ -347,4 +345,18 @@ def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protoco
             rows = method_spec(method).protocols if method in method_sources() else None
         if rows and dataset in rows:
             return rows[dataset]
-    return PROXYCLIP_PROTOCOLS[dataset]
+    return proxyclip_protocol(dataset)
+
+
+def proxyclip_protocol(dataset: str) -> Protocol:
+    """ProxyCLIP's protocol on ``dataset``: :data:`PROXYCLIP_PROTOCOLS`, or for a registered benchmark (installed
+    or run time, :mod:`datamodules.registry`) its spec's short side, windows and ``prob_thd`` with ProxyCLIP's
+    logit scale, no area filter and no PAMR (as a dataset card)."""
+    if dataset in PROXYCLIP_PROTOCOLS:
+        return PROXYCLIP_PROTOCOLS[dataset]
+    from datamodules import BENCHMARKS
+
+    if dataset not in BENCHMARKS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(BENCHMARKS)}")
+    spec = BENCHMARKS[dataset]
+    return Protocol(spec.short_side, 2048, spec.crop_size, spec.stride, 40.0, spec.prob_thd, None, 0)

@@ -81,8 +81,13 @@ def query_vocabulary(method: str, key: str, protocol: str = "native") -> QueryVo
     """The query vocabulary ``method`` reads on built-in benchmark ``key`` under ``protocol`` (module docstring)."""
     from datamodules import BENCHMARKS
 
-    if key not in OFFICIAL_FILES:
-        raise ValueError(f"no official vocabulary for {key!r}; expected one of {', '.join(OFFICIAL_FILES)}")
+    if key not in OFFICIAL_FILES:  # a registered benchmark: its spec's classes or vocabulary file
+        if key not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {key!r}; expected one of {', '.join(BENCHMARKS)}")
+        spec = BENCHMARKS[key]
+        if spec.vocabulary is not None:
+            return QueryVocabulary([list(names) for names in spec.vocabulary], f"benchmark {key}: its classes", "")
+        return QueryVocabulary(load_vocabulary(spec.vocabulary_file), f"benchmark {key}: {spec.vocabulary_file}", "")
     native = native_vocabulary_file(method, key) if protocol == "native" else None
     if native is not None:
         info = METHODS[method]

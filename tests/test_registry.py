@@ -109,10 +109,16 @@ version = "0.1"
 [project.entry-points."proxyclip_pl.methods"]
 toyclip = "toy_method:SPEC"
 
+[project.entry-points."proxyclip_pl.benchmarks"]
+toybench = "toy_method:BENCH"
+
 [tool.setuptools]
 py-modules = ["toy_method"]
 """
-TOY_MODULE = '''
+TOY_CARD = {"name": "toybench", "img_dir": "img", "ann_dir": "ann", "classes": [["background", "sky"], "road", "car"],
+            "background": True, "short_side": 64, "crop_size": 48, "stride": 32, "prob_thd": 0.1}
+TOY_MODULE = f"TOY_CARD = {TOY_CARD!r}\n" + '''
+from datamodules import BenchmarkSpec
 from proxyclip_pl import MethodSpec
 from proxyclip_pl.model import MaskCLIP
 
@@ -122,6 +128,7 @@ class ToyCLIP(MaskCLIP):
 
 
 SPEC = MethodSpec("toyclip", ToyCLIP, description="a toy method from an installed distribution")
+BENCH = BenchmarkSpec.from_card(TOY_CARD)
 '''
 
 
@@ -144,8 +151,9 @@ def test_installed_distribution_method_runs_like_a_builtin(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
 
     listed = run(["--list"], env, tmp_path)
-    assert listed.returncode == 0 and any(line.split()[:2] == ["toyclip", "proxyclip-toy"]
-                                          for line in listed.stdout.splitlines()), listed.stdout
+    for name in ("toyclip", "toybench"):
+        assert listed.returncode == 0 and any(line.split()[:2] == [name, "proxyclip-toy"]
+                                              for line in listed.stdout.splitlines()), listed.stdout
 
     make_fake_benchmark("voc21", tmp_path / "data", 3, sizes=((60, 80), (50, 70)))
     make_fake_benchmark("voc20", tmp_path / "data", 3, sizes=((60, 80), (50, 70)))
@@ -170,6 +178,34 @@ def test_installed_distribution_method_runs_like_a_builtin(tmp_path):
         for field in FIELDS:
             assert toy[field] == ref[field], (key, field)
 
+    # the installed benchmark (its data root from --data-root) equals the same dataset as a dataset card
+    write_card_dataset(tmp_path / "toydata")
+    (tmp_path / "toydata" / "card.json").write_text(json.dumps({**TOY_CARD, "data_root": "."}))
+    common = ["--clip", str(write_tiny_clip_config(tmp_path)), "--accelerator", "cpu", "--num-workers", "0",
+              "--text-cache-dir", str(tmp_path / "cache")]
+    toy = run(["--method", "toyclip", "--data", "toybench", "--data-root", str(tmp_path / "toydata"), *common,
+               "--output-dir", str(tmp_path / "toybench")], env, tmp_path)
+    card = run(["--method", "maskclip", "--data", str(tmp_path / "toydata" / "card.json"), *common,
+                "--output-dir", str(tmp_path / "card")], env, tmp_path)
+    assert toy.returncode == 0 and card.returncode == 0, toy.stderr[-3000:] + card.stderr[-3000:]
+    got, want = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("toybench", "card"))
+    assert got["dataset"] == "toybench" and got["config"]["protocol_settings"] == want["config"]["protocol_settings"]
+    for field in FIELDS:
+        assert got[field] == want[field], field
+
+
+def write_card_dataset(root: Path, n: int = 3) -> None:
+    from PIL import Image
+
+    from datamodules.synthetic import random_image
+
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    (root / "ann").mkdir()
+    for i in range(n):
+        Image.fromarray(random_image(50, 60, rng)).save(root / "img" / f"s{i}.jpg")
+        Image.fromarray(rng.choice(np.array([0, 1, 2, 255], np.uint8), size=(50, 60))).save(root / "ann" / f"s{i}.png")
+
 
 # ------------------------------------------------------------------------------------------ evaluate() vs CLI
 @pytest.mark.slow
@@ -192,3 +228,42 @@ def test_evaluate_returns_what_the_cli_writes(tmp_path):
     assert got["config"]["vocabulary"] == cli["config"]["vocabulary"]
     with pytest.raises(TypeError, match="unknown option 'clip_weight'"):
         evaluate("proxyclip", "voc21", clip_weight="random")
+
+
+# --------------------------------------------------------------------------- the battery, per registered benchmark
+@pytest.mark.parametrize("key", sorted(BENCHMARKS))
+def test_benchmark_spec_is_consistent(key):
+    from datamodules import build_datamodule
+    from proxyclip_pl.native_protocols import proxyclip_protocol
+    from proxyclip_pl.query_vocabularies import query_vocabulary
+
+    spec = BENCHMARKS[key]
+    assert spec.key == key and len(set(spec.class_names)) == spec.num_classes
+    assert len(query_vocabulary("proxyclip", key, "proxyclip").vocabulary) == spec.num_classes
+    protocol = proxyclip_protocol(key)
+    assert (protocol.short_side, protocol.slide_crop, protocol.slide_stride, protocol.prob_thd) == (
+        spec.short_side, spec.crop_size, spec.stride, spec.prob_thd)
+    assert build_datamodule(key, num_workers=0).preset == spec
+
+
+def test_run_time_benchmark_is_built_and_clashes_are_refused(tmp_path):
+    from datamodules import BenchmarkSpec, DatasetCardError, benchmark_sources, build_datamodule, register_benchmark
+    from datamodules.registry import unregister_benchmark
+    from proxyclip_pl.native_protocols import proxyclip_protocol
+
+    write_card_dataset(tmp_path)
+    spec = BenchmarkSpec.from_card({**TOY_CARD, "name": "mybench", "data_root": str(tmp_path)})
+    register_benchmark(spec)
+    try:
+        assert benchmark_sources()["mybench"] == "run time" and BENCHMARKS["mybench"] is spec
+        dm = build_datamodule("mybench", num_workers=0)
+        dm.setup("test")
+        assert len(dm.test_dataset) == 3 and dm.class_names == ["background", "road", "car"]
+        assert proxyclip_protocol("mybench").slide_crop == 48
+        with pytest.raises(ValueError, match="'voc21' is already defined \\(built-in\\)"):
+            register_benchmark(BenchmarkSpec.from_card({**TOY_CARD, "name": "voc21"}))
+    finally:
+        unregister_benchmark("mybench")
+    assert "mybench" not in BENCHMARKS
+    with pytest.raises(DatasetCardError, match="needs 'name'"):
+        BenchmarkSpec.from_card({k: v for k, v in TOY_CARD.items() if k != "name"})

@@ -521,7 +521,7 @@ def validate(args: argparse.Namespace) -> list[str]:
             if not root.is_dir():
                 raise FileNotFoundError(f"--data {key}: its data_root {root} does not exist")
         elif key not in BENCHMARKS:
-            raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}, "
+            raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(BENCHMARKS)}, "
                              "'all', a dataset card (.json) or a comma-separated list")
         else:
             data_root_for(key, args)  # a bad --data-root fails before anything is built
@@ -707,8 +707,8 @@ def list_entries() -> str:
         spec = method_spec(name)
         lines.append(f"  {name:<12} {source:<24} {spec.description}")
     lines.append("benchmarks:")
-    for key, preset in BENCHMARKS.items():
-        lines.append(f"  {key:<12} {'built-in':<24} {preset.num_classes} classes")
+    for key, source in BENCHMARKS.sources().items():
+        lines.append(f"  {key:<12} {source:<24} {BENCHMARKS[key].num_classes} classes")
     return "\n".join(lines)
 
 
