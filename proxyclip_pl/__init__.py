@@ -12,8 +12,8 @@ from datamodules.lazy import lazy_attributes
 # Names are imported on first use, so that ``proxyclip_pl.cli`` and the light commands (proxyclip-prepare)
 # start without importing torch, open_clip and timm.
 _SUBMODULE_OF = {
-    "CLIP_MODELS": "factory", "VFM_MODELS": "factory", "WeightsNotFoundError": "factory", "build_clip": "factory",
-    "build_proxyclip": "factory", "build_segmenter": "factory", "build_segmenters": "factory", "build_vfm": "factory",
+    "CLIP_MODELS": "towers", "VFM_MODELS": "towers", "WeightsNotFoundError": "weights", "build_clip": "towers",
+    "build_proxyclip": "factory", "build_segmenter": "factory", "build_segmenters": "factory", "build_vfm": "towers",
     "NACLIP": "methods", "SCLIP": "methods", "ClearCLIP": "methods",
     "ATTENTIONS": "model", "CLIP": "model", "MaskCLIP": "model", "ProxyCLIP": "model",
     "NATIVE_PROTOCOLS": "native_protocols", "PROXYCLIP_PROTOCOLS": "native_protocols", "Protocol": "native_protocols",
@@ -27,16 +27,9 @@ __getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULE_OF)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .factory import (
-        CLIP_MODELS,
-        VFM_MODELS,
-        WeightsNotFoundError,
-        build_clip,
-        build_proxyclip,
-        build_segmenter,
-        build_segmenters,
-        build_vfm,
-    )
+    from .factory import build_proxyclip, build_segmenter, build_segmenters
+    from .towers import CLIP_MODELS, VFM_MODELS, build_clip, build_vfm
+    from .weights import WeightsNotFoundError
     from .methods import NACLIP, SCLIP, ClearCLIP
     from .model import ATTENTIONS, CLIP, MaskCLIP, ProxyCLIP
     from .native_protocols import NATIVE_PROTOCOLS, PROXYCLIP_PROTOCOLS, Protocol, protocol_for

@@ -106,7 +106,7 @@ def probe(args: argparse.Namespace) -> None:
     """One path in this (fresh) process; prints its figures and saves the embeddings to ``--_out``."""
     import torch
 
-    from proxyclip_pl.factory import build_clip
+    from proxyclip_pl.towers import build_clip
     from proxyclip_pl.vocabulary import encode_text_embeddings, flatten_vocabulary, load_vocabulary
 
     if args.threads:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
 from proxyclip_pl import VFM_MODELS, build_clip, build_vfm
-from proxyclip_pl.factory import QuickGeluWarning, clip_needs_quick_gelu, vfm_kind_for, vfm_kind_of
+from proxyclip_pl.towers import QuickGeluWarning, clip_needs_quick_gelu, vfm_kind_for, vfm_kind_of
 from proxyclip_pl.vfm import IMAGENET_MEAN, IMAGENET_STD, check_vfm, vfm_features
 from tiny_models import TINY_CLIP_CONFIG, TINY_VIT
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from proxyclip_pl import WeightsNotFoundError, build_clip, build_vfm
-from proxyclip_pl.factory import vfm_kind_for
+from proxyclip_pl.towers import vfm_kind_for
 from tiny_models import TINY_VFMS, tiny_clip, write_tiny_clip_config
 
 

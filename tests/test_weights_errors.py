@@ -14,7 +14,7 @@ import torch
 
 from proxyclip_pl import WeightsNotFoundError, build_clip, build_vfm
 from proxyclip_pl.cli import USER_ERRORS, run_cli
-from proxyclip_pl.factory import CorruptCheckpointError
+from proxyclip_pl.weights import CorruptCheckpointError
 from tiny_models import TINY_VFMS, tiny_clip, tiny_vfm, write_tiny_clip_config
 
 

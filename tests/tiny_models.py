@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from proxyclip_pl.factory import build_clip, build_vfm
+from proxyclip_pl.towers import build_clip, build_vfm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The shipped demo configs: an open_clip ViT-B/16-like tower (patch 16, trained 224 grid of 14x14, so 336

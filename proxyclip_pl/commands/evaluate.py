@@ -153,7 +153,7 @@ def tower_identities(args: argparse.Namespace) -> dict[str, Any]:
     used (the preset's tag when none is given, ``random`` for a model-config JSON), and every ``*_id`` identifies
     content (a config or checkpoint file by the sha256 of its bytes, ``random`` weights by their seed, a tag by
     name), as the text cache does (:func:`proxyclip_pl.text_cache.weights_identity`)."""
-    from proxyclip_pl.factory import resolve_clip_weights
+    from proxyclip_pl.towers import resolve_clip_weights
     from proxyclip_pl.text_cache import file_fingerprint, weights_identity
 
     def config_id(name: str) -> str:
@@ -498,7 +498,7 @@ def describe_model(args: argparse.Namespace) -> str:
     """``CLIP <name> (<weights>)`` and, for ProxyCLIP, ``+ VFM <name> (<weights>)``; a plug-in by its factory."""
     if not registered(args.method):
         return f"the plug-in {args.method}"
-    from proxyclip_pl.factory import resolve_clip_weights
+    from proxyclip_pl.towers import resolve_clip_weights
 
     text = f"{args.method}: CLIP {args.clip} ({resolve_clip_weights(args.clip, args.clip_weights)})"
     if uses_vfm(args):
@@ -592,7 +592,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None]
         load_plugin(args.method)  # fail on a bad module:factory before any process starts
     accelerator = args.accelerator = check_devices(args)  # results.json records the device actually used
     if registered(args.method):  # a wrong model name fails before the data are scanned
-        from proxyclip_pl.factory import check_clip_name, check_vfm_name
+        from proxyclip_pl.towers import check_clip_name, check_vfm_name
 
         check_clip_name(args.clip)
         if uses_vfm(args):

@@ -97,7 +97,8 @@ def make_miniatures(data: Path, num_images: int) -> None:
 def warm_text_cache(model_flags: dict[str, str], cache: Path) -> float:
     """Text embeddings of the eight vocabularies into ``cache`` (the keys the runs will look up); seconds."""
     from datamodules import BENCHMARKS
-    from proxyclip_pl.factory import build_clip, text_embeddings_for
+    from proxyclip_pl.factory import text_embeddings_for
+    from proxyclip_pl.towers import build_clip
     from proxyclip_pl.vocabulary import load_vocabulary
 
     start = time.perf_counter()
@@ -171,7 +172,7 @@ def run_suite(workdir: Path | None = None, num_images: int = 2, accelerator: str
         text_queries: COCO-Stuff queries for the text-encoding comparison (``None``: all 171; 0: skip it).
         kill_fractions: SIGKILL the killed run when its records reach these fractions of all images (empty: skip).
     """
-    from proxyclip_pl.factory import DEFAULT_CLIP, DEFAULT_VFM
+    from proxyclip_pl.defaults import DEFAULT_CLIP, DEFAULT_VFM
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="proxyclip_suite_"))
     data, cache = workdir / "data", workdir / "text_cache"
