@@ -48,7 +48,8 @@ def evaluate(method: str, data: str | Sequence[str], data_root: str | None = Non
         ValueError / FileNotFoundError: the one-line errors of the command; ``RunInterrupted`` on Ctrl-C (its
         message is the command that resumes the run).
     """
-    from .commands.evaluate import is_multi, parse_args, run
+    from .commands.evaluate import parse_args, run
+    from .commands.jobs import is_multi
 
     keys = [data] if isinstance(data, str) else list(data)
     argv = ["--method", method, "--data", ",".join(keys)]

@@ -15,7 +15,8 @@ import pytest
 
 from datamodules.custom import CARD_KEYS
 from datamodules.synthetic import make_fake_benchmark
-from proxyclip_pl.commands.evaluate import parse_args, tower_identities
+from proxyclip_pl.commands.evaluate import parse_args
+from proxyclip_pl.commands.run_record import tower_identities
 from proxyclip_pl.text_cache import cached_text_embeddings
 from tiny_models import tiny_clip, write_tiny_clip_config, write_tiny_vfm_spec
 

@@ -320,16 +320,18 @@ def test_evaluator_accepts_any_segmenter_and_keeps_its_old_name():
 
 
 def test_script_resolves_protocols():
-    from proxyclip_pl.commands import evaluate as script
+    from proxyclip_pl.cli import load_plugin
+    from proxyclip_pl.commands.evaluate import parse_args
+    from proxyclip_pl.commands.jobs import resolve_protocol
 
-    args = script.parse_args(["--data", "voc21", "--method", "naclip"])
-    assert script.resolve_protocol(args, "voc21") == NATIVE_PROTOCOLS["naclip"]["voc21"]
-    args = script.parse_args(["--data", "voc21", "--method", "naclip", "--protocol", "proxyclip", "--pamr-steps", "4"])
-    assert script.resolve_protocol(args, "ade20k") == dataclasses.replace(PROXYCLIP_PROTOCOLS["ade20k"], pamr_steps=4)
+    args = parse_args(["--data", "voc21", "--method", "naclip"])
+    assert resolve_protocol(args, "voc21") == NATIVE_PROTOCOLS["naclip"]["voc21"]
+    args = parse_args(["--data", "voc21", "--method", "naclip", "--protocol", "proxyclip", "--pamr-steps", "4"])
+    assert resolve_protocol(args, "ade20k") == dataclasses.replace(PROXYCLIP_PROTOCOLS["ade20k"], pamr_steps=4)
     with pytest.raises(ValueError, match="cannot import"):
-        script.load_plugin("no_such_module_xyz:factory")
+        load_plugin("no_such_module_xyz:factory")
     with pytest.raises(ValueError, match="module:factory"):
-        script.load_plugin("sclipp")
+        load_plugin("sclipp")
 
 
 def run_script(args, cwd, env=None, timeout=600):

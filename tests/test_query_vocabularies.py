@@ -2,7 +2,6 @@
 parsed as their official code parses them (issue: SCLIP/NACLIP VOC21 has 56 queries, ClearCLIP's 21, ours 46)."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -10,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from datamodules.synthetic import make_fake_benchmark
-from proxyclip_pl.commands.evaluate import make_job, parse_args, publishes
+from proxyclip_pl.commands.evaluate import parse_args
+from proxyclip_pl.commands.jobs import make_job
+from proxyclip_pl.commands.table import publishes
 from proxyclip_pl.native_protocols import DATASETS, METHODS
 from proxyclip_pl.query_vocabularies import NATIVE_VOCAB_DIR, OFFICIAL_FILES, query_vocabulary
 from proxyclip_pl.vocabulary import flatten_vocabulary

@@ -17,7 +17,7 @@ import torch
 from datamodules import BENCHMARKS
 from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl import factory
-from proxyclip_pl.commands.evaluate import Job, shared_passes
+from proxyclip_pl.commands.jobs import Job, shared_passes
 from proxyclip_pl.evaluation import BenchmarkEvaluator, BenchmarkScore
 from proxyclip_pl.factory import build_segmenters
 from proxyclip_pl.native_protocols import protocol_for
