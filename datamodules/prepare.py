@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +27,8 @@ from .label_tables import (
     convert_context_raw,
     convert_pc459,
 )
-from .presets import BENCHMARKS
+from .prepare_io import (PreparationError, PrepareStats, final_check, find_dir, link_or_copy, progress_bar,
+                         provide_unconverted, save_jpeg_atomic, save_png_atomic, save_tif16_atomic, write_text_atomic)
 from .rle import decode_rle
 
 try:  # tqdm ships with timm/huggingface; fall back silently if absent.
@@ -39,147 +37,9 @@ except ImportError:  # pragma: no cover
     _tqdm = None
 
 
-class PreparationError(ValueError):
-    """Raw data are missing or malformed; the message names the path (a user error: one line in the CLI)."""
-
-
-def _progress(it: Iterable, total: int | None, desc: str, enable: bool = True):
-    if _tqdm is None or not enable:
-        return it
-    return _tqdm(it, total=total, desc=desc, unit="file", dynamic_ncols=True, file=sys.stderr)
-
-
-# =====================================================================================
-# File helpers
-# =====================================================================================
-
-def _save_png_atomic(arr: np.ndarray, path: Path) -> None:
-    """Write uint8 (H, W) as an 'L' PNG via a temp file, so interrupted runs leave no partial PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(tmp)  # 2-D uint8 -> mode L
-    os.replace(tmp, path)
-
-
-def _save_tif16_atomic(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.tif")
-    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16)).save(tmp)  # mode I;16, as the official script
-    os.replace(tmp, path)
-
-
-def _save_jpeg_atomic(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.jpg")
-    Image.fromarray(arr).save(tmp)  # PIL's default JPEG quality (75), as the official script
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(text: str, path: Path) -> bool:
-    """Write ``text`` unless identical content is already there; returns whether it wrote."""
-    if path.is_file() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
-
-
-def _find_dir(src: Path, candidates: Sequence[str], must_contain: str, what: str) -> Path:
-    """First ``src/<candidate>`` that contains ``must_contain``."""
-    for cand in candidates:
-        d = src / cand if cand else src
-        if (d / must_contain).exists():
-            return d
-    tried = "\n  ".join(str((src / c if c else src) / must_contain) for c in candidates)
-    raise PreparationError(f"cannot find {what} under --src {src}; looked for:\n  {tried}")
-
-
-def _link_or_copy(src: Path, dst: Path, mode: str) -> str:
-    """Make ``dst`` provide ``src``'s content: no-op if already so, else symlink or copy."""
-    if dst.exists() or dst.is_symlink():
-        if dst.resolve() == src.resolve():
-            return "kept"
-        return "exists"  # user-provided folder: leave it, the final check verifies it
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "copy":
-        shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
-    else:
-        dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
-    return mode
-
-
-@dataclass
-class PrepareStats:
-    written: int = 0
-    skipped: int = 0
-    linked: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.written} written, {self.skipped} already present, {self.linked} folders linked"
-
-
-def _final_check(keys: Sequence[str], dst: Path) -> dict[str, int]:
-    """Verify the prepared layout with the datamodules; subsets warn, errors raise."""
-    from .base import SegmentationDataModule  # here: Lightning is needed only for this final check
-
-    counts = {}
-    for key in keys:
-        dm = SegmentationDataModule(BENCHMARKS[key], data_root=dst, num_workers=0)
-        counts[key] = len(dm.verify())
-        print(f"[{key}] {counts[key]} / {BENCHMARKS[key].expected_num_images} validation samples at {dst}")
-    return counts
-
-
-def scan_exif_orientation(paths: Iterable[Path]) -> list[tuple[Path, int]]:
-    """(path, orientation) for every JPEG whose EXIF tag 0x0112 is not 1.
-
-    See docs/dataset_notes.md, 'EXIF orientation': the datamodules apply the tag when loading.
-    """
-    found = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                o = im.getexif().get(0x0112, 1)
-        except Exception:  # corrupt files are reported by the datamodule, not here
-            continue
-        if o not in (1, None):
-            found.append((Path(p), int(o)))
-    return found
-
-
-def _report_exif(root: Path, img_dir: str, suffix: str) -> None:
-    paths = sorted((root / img_dir).rglob(f"*{suffix}"))
-    tagged = scan_exif_orientation(paths)
-    if tagged:
-        warnings.warn(f"{len(tagged)} image(s) carry an EXIF orientation tag (applied when loading), "
-                      f"e.g. {tagged[0][0]} (orientation {tagged[0][1]})", stacklevel=2)
-    else:
-        print(f"EXIF scan: no orientation tags among {len(paths)} images in {root / img_dir}")
-
-
-# =====================================================================================
-# Per-dataset preparation
-# =====================================================================================
-
-def _provide_unconverted(src: Path, candidates: Sequence[str], marker: str, what: str, subs: Sequence[str],
-                         dst: Path, key: str, image_dir: str, link_mode: str, progress: bool) -> PrepareStats:
-    """Locate a dataset that needs no conversion in ``src`` and provide its folders at ``dst``."""
-    root = _find_dir(Path(src), candidates, marker, what)
-    stats = PrepareStats()
-    for sub in subs:
-        if _link_or_copy(root / sub, Path(dst) / sub, link_mode) in ("symlink", "copy"):
-            stats.linked += 1
-    _final_check([key], Path(dst))
-    if progress:
-        _report_exif(Path(dst), image_dir, ".jpg")
-    return stats
-
-
 def prepare_voc(src: Path, dst: Path, link_mode: str = "symlink", progress: bool = True) -> PrepareStats:
     """VOC2012: no conversion; locate the VOC2012 folder in ``src`` and provide it at ``dst``."""
-    return _provide_unconverted(
+    return provide_unconverted(
         src, ["", "VOC2012", "VOCdevkit/VOC2012", "VOCtrainval_11-May-2012/VOCdevkit/VOC2012"],
         "ImageSets/Segmentation/val.txt", "the VOC2012 folder", ("JPEGImages", "SegmentationClass", "ImageSets"),
         dst, "voc21", "JPEGImages", link_mode, progress)
@@ -187,7 +47,7 @@ def prepare_voc(src: Path, dst: Path, link_mode: str = "symlink", progress: bool
 
 def prepare_ade20k(src: Path, dst: Path, link_mode: str = "symlink", progress: bool = True) -> PrepareStats:
     """ADEChallengeData2016: no conversion; provide ``images/`` and ``annotations/`` at ``dst``."""
-    return _provide_unconverted(
+    return provide_unconverted(
         src, ["", "ADEChallengeData2016", "ade/ADEChallengeData2016"], "annotations/validation",
         "the ADEChallengeData2016 folder", ("images", "annotations"), dst, "ade20k", "images/validation",
         link_mode, progress)
@@ -202,7 +62,7 @@ def prepare_context(src: Path, dst: Path, json_path: Path | None = None, phases:
     (see docs/dataset_notes.md, 'PASCAL Context').
     """
     src, dst = Path(src), Path(dst)
-    root = _find_dir(src, ["", "VOC2010", "VOCdevkit/VOC2010"], "JPEGImages", "the VOC2010 folder")
+    root = find_dir(src, ["", "VOC2010", "VOCdevkit/VOC2010"], "JPEGImages", "the VOC2010 folder")
     if json_path is None:
         cands = [src / "trainval_merged.json", root / "trainval_merged.json", dst / "trainval_merged.json"]
         json_path = next((c for c in cands if c.is_file()), None)
@@ -213,7 +73,7 @@ def prepare_context(src: Path, dst: Path, json_path: Path | None = None, phases:
     if not json_path.is_file():
         raise PreparationError(f"annotation file not found: {json_path}")
     stats = PrepareStats()
-    if _link_or_copy(root / "JPEGImages", dst / "JPEGImages", link_mode) in ("symlink", "copy"):
+    if link_or_copy(root / "JPEGImages", dst / "JPEGImages", link_mode) in ("symlink", "copy"):
         stats.linked += 1
     try:
         data = json.loads(json_path.read_text())
@@ -227,7 +87,7 @@ def prepare_context(src: Path, dst: Path, json_path: Path | None = None, phases:
     for phase in phases:
         imgs = [im for im in images if im.get("phase") == phase]
         ids = []
-        for im in _progress(imgs, len(imgs), f"context {phase}", progress):
+        for im in progress_bar(imgs, len(imgs), f"context {phase}", progress):
             sid = Path(im["file_name"]).stem
             ids.append(sid)
             out = out_dir / f"{sid}.png"
@@ -241,13 +101,13 @@ def prepare_context(src: Path, dst: Path, json_path: Path | None = None, phases:
                     raise PreparationError(f"{json_path}: annotation {ann.get('id')} of {sid} has size "
                                            f"{m.shape}, image is {canvas.shape}")
                 canvas[m] = ann["category_id"]
-            _save_png_atomic(convert_context_raw(canvas, source=sid), out)
+            save_png_atomic(convert_context_raw(canvas, source=sid), out)
             stats.written += 1
-        if _write_text_atomic("".join(f"{i}\n" for i in sorted(ids)),
+        if write_text_atomic("".join(f"{i}\n" for i in sorted(ids)),
                               dst / "ImageSets/SegmentationContext" / f"{phase}.txt"):
             stats.written += 1
     if "val" in phases:
-        _final_check(["context60"], dst)
+        final_check(["context60"], dst)
     return stats
 
 
@@ -274,22 +134,22 @@ def prepare_coco(src: Path, dst: Path, targets: Sequence[str] = ("coco_stuff", "
         raise PreparationError(f"cannot find raw stuffthingmaps (<id>.png) under --src {src}; looked in "
                                f"annotations/{split}, stuffthingmaps_trainval2017/{split}, {split}")
     stats = PrepareStats()
-    if _link_or_copy(img_root, dst / "images" / split, link_mode) in ("symlink", "copy"):
+    if link_or_copy(img_root, dst / "images" / split, link_mode) in ("symlink", "copy"):
         stats.linked += 1
     out_dir = dst / "annotations" / split
     raws = sorted(p for p in raw_root.glob("*.png") if "TrainIds" not in p.name and not p.name.endswith(".tmp.png"))
     suffixes = {"coco_stuff": "_labelTrainIds.png", "coco_object": "_instanceTrainIds.png"}
-    for raw_path in _progress(raws, len(raws), f"coco {split}", progress):
+    for raw_path in progress_bar(raws, len(raws), f"coco {split}", progress):
         outs = {t: out_dir / f"{raw_path.stem}{suffixes[t]}" for t in targets}
         if all(o.is_file() for o in outs.values()):
             stats.skipped += 1
             continue
         stuff, obj = convert_coco_stuffthingmap(read_label(raw_path), source=str(raw_path))
         for t, out in outs.items():
-            _save_png_atomic(stuff if t == "coco_stuff" else obj, out)
+            save_png_atomic(stuff if t == "coco_stuff" else obj, out)
         stats.written += 1
     if split == "val2017":
-        _final_check(list(targets), dst)
+        final_check(list(targets), dst)
     return stats
 
 
@@ -300,25 +160,25 @@ def prepare_cityscapes(src: Path, dst: Path, split: str = "val", link_mode: str 
     See docs/dataset_notes.md, 'Cityscapes'.
     """
     src, dst = Path(src), Path(dst)
-    root = _find_dir(src, ["", "cityscapes"], f"gtFine/{split}", "the Cityscapes folder (gtFine/, leftImg8bit/)")
+    root = find_dir(src, ["", "cityscapes"], f"gtFine/{split}", "the Cityscapes folder (gtFine/, leftImg8bit/)")
     if not (root / "leftImg8bit" / split).is_dir():
         raise PreparationError(f"missing folder {root / 'leftImg8bit' / split} (extract leftImg8bit_trainvaltest.zip)")
     stats = PrepareStats()
-    if _link_or_copy(root / "leftImg8bit" / split, dst / "leftImg8bit" / split, link_mode) in ("symlink", "copy"):
+    if link_or_copy(root / "leftImg8bit" / split, dst / "leftImg8bit" / split, link_mode) in ("symlink", "copy"):
         stats.linked += 1
     raws = sorted((root / "gtFine" / split).rglob("*_gtFine_labelIds.png"))
     if not raws:
         raise PreparationError(f"no *_gtFine_labelIds.png under {root / 'gtFine' / split}")
-    for raw_path in _progress(raws, len(raws), f"cityscapes {split}", progress):
+    for raw_path in progress_bar(raws, len(raws), f"cityscapes {split}", progress):
         rel = raw_path.relative_to(root / "gtFine" / split)
         out = dst / "gtFine" / split / rel.parent / raw_path.name.replace("_labelIds.png", "_labelTrainIds.png")
         if out.is_file():
             stats.skipped += 1
             continue
-        _save_png_atomic(convert_cityscapes_label_ids(read_label(raw_path)), out)
+        save_png_atomic(convert_cityscapes_label_ids(read_label(raw_path)), out)
         stats.written += 1
     if split == "val":
-        _final_check(["cityscapes"], dst)
+        final_check(["cityscapes"], dst)
     return stats
 
 
@@ -362,7 +222,7 @@ def prepare_ade847(src: Path, dst: Path, link_mode: str = "symlink", progress: b
         raise PreparationError(f"{len(missing)} validation image(s) have no _seg.png next to them, e.g. {missing[0]}")
     stats = PrepareStats()
     img_out, ann_out = dst / "images_detectron2" / "validation", dst / "annotations_detectron2" / "validation"
-    for path in _progress(images, len(images), "ade847 validation", progress):
+    for path in progress_bar(images, len(images), "ade847 validation", progress):
         out_img, out_lab = img_out / path.name, ann_out / f"{path.stem}.tif"
         if out_img.is_file() and out_lab.is_file():
             stats.skipped += 1
@@ -378,12 +238,12 @@ def prepare_ade847(src: Path, dst: Path, link_mode: str = "symlink", progress: b
         except OSError as exc:
             raise PreparationError(f"cannot read {path} or {seg_path}: {exc}") from exc
         image, label = convert_ade847(image, seg, source=str(seg_path))
-        _save_jpeg_atomic(image, out_img)
-        _save_tif16_atomic(label, out_lab)
+        save_jpeg_atomic(image, out_img)
+        save_tif16_atomic(label, out_lab)
         stats.written += 1
-    if _write_text_atomic("".join(f"{p.stem}\n" for p in images), dst / "validation.txt"):
+    if write_text_atomic("".join(f"{p.stem}\n" for p in images), dst / "validation.txt"):
         stats.written += 1
-    _final_check(["ade847"], dst)
+    final_check(["ade847"], dst)
     return stats
 
 
@@ -427,7 +287,7 @@ def prepare_context459(src: Path, dst: Path, link_mode: str = "symlink", progres
     writes it), else ``pascalcontext_val.txt`` (the file the CAT-Seg script reads).
     """
     src, dst = Path(src), Path(dst)
-    root = _find_dir(src, ["", "VOC2010", "VOCdevkit/VOC2010"], "JPEGImages", "the VOC2010 folder")
+    root = find_dir(src, ["", "VOC2010", "VOCdevkit/VOC2010"], "JPEGImages", "the VOC2010 folder")
     mat_dir = next((d for d in (root / "trainval", src / "trainval", src) if d.is_dir() and any(d.glob("*.mat"))), None)
     if mat_dir is None:
         raise PreparationError(f"cannot find the 459-label maps (trainval/*.mat) under {root} or {src}; extract "
@@ -450,16 +310,16 @@ def prepare_context459(src: Path, dst: Path, link_mode: str = "symlink", progres
         raise PreparationError(f"{len(missing)} of the {len(ids)} ids of {split} have no label map in {mat_dir}, "
                                f"e.g. {mat_dir / (missing[0] + '.mat')}")
     stats = PrepareStats()
-    if _link_or_copy(root / "JPEGImages", dst / "JPEGImages", link_mode) in ("symlink", "copy"):
+    if link_or_copy(root / "JPEGImages", dst / "JPEGImages", link_mode) in ("symlink", "copy"):
         stats.linked += 1
     out_dir = dst / "annotations_detectron2" / "pc459_val"
-    for sid in _progress(ids, len(ids), "context459 val", progress):
+    for sid in progress_bar(ids, len(ids), "context459 val", progress):
         out = out_dir / f"{sid}.tif"
         if out.is_file():
             stats.skipped += 1
             continue
         mat = mat_dir / f"{sid}.mat"
-        _save_tif16_atomic(convert_pc459(load_labelmap_mat(mat), source=str(mat)), out)
+        save_tif16_atomic(convert_pc459(load_labelmap_mat(mat), source=str(mat)), out)
         stats.written += 1
     target = dst / "ImageSets/SegmentationContext/val.txt"
     if split != target:
@@ -467,9 +327,9 @@ def prepare_context459(src: Path, dst: Path, link_mode: str = "symlink", progres
             theirs = [x.strip() for x in target.read_text().splitlines() if x.strip()]
             if sorted(theirs) != sorted(ids):
                 raise PreparationError(f"{target} exists with other ids than {split}; remove one of them")
-        elif _write_text_atomic("".join(f"{i}\n" for i in ids), target):
+        elif write_text_atomic("".join(f"{i}\n" for i in ids), target):
             stats.written += 1
-    _final_check(["context459"], dst)
+    final_check(["context459"], dst)
     return stats
 
 

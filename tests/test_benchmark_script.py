@@ -10,7 +10,7 @@ import torch
 from datamodules import BENCHMARKS
 from datamodules.resize import rescale_size
 from proxyclip_pl import build_proxyclip, reference
-from proxyclip_pl.commands import benchmark
+from proxyclip_pl.commands import benchmark, measure
 from proxyclip_pl.sliding_window import window_grid
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
@@ -79,7 +79,7 @@ def test_one_window_loop_equals_predict(model_files, size, settings):
 def test_flop_counter_counts_cpu_attention_kernels():
     mha = torch.nn.MultiheadAttention(64, 2, batch_first=True).eval()
     x = torch.randn(2, 10, 64)
-    counter = benchmark.flop_counter()
+    counter = measure.flop_counter()
     with torch.no_grad(), counter:
         mha(x, x, x, need_weights=False)
     # in-projection (q, k, v) + scores + weighted sum + out-projection
@@ -87,7 +87,7 @@ def test_flop_counter_counts_cpu_attention_kernels():
     assert counter.get_total_flops() == expected
 
     q = torch.randn(2, 3, 10, 16)
-    counter = benchmark.flop_counter()
+    counter = measure.flop_counter()
     with counter:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     assert counter.get_total_flops() == 2 * (2 * 2 * 3 * 10 * 10 * 16)

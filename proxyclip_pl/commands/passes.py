@@ -18,8 +18,8 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
     import torch
 
     from datamodules.shared import SharedImagesDataset
-    from proxyclip_pl.evaluation import (BenchmarkEvaluator, BenchmarkScore, ImagesPerSecondBar,
-                                         format_results_table, read_results)
+    from proxyclip_pl.evaluation import BenchmarkEvaluator, BenchmarkScore
+    from proxyclip_pl.result_files import ImagesPerSecondBar, format_results_table, read_results
     from proxyclip_pl.metrics import SegmentationIoU
     from proxyclip_pl.records import RECORDS_DIR, check_fingerprint, read_records, sum_states
 
