@@ -102,15 +102,9 @@ def vfm_kind_of(model: nn.Module) -> str:
     may switch on for any ViT, not the rule the weights were released with (docs/method_notes.md,
     'VFM features').
     """
-    from timm.models.vision_transformer_sam import VisionTransformerSAM
+    from .vfm import recipe_of  # each recipe class claims its models (proxyclip_pl.vfm.VFM_RECIPES, in order)
 
-    if isinstance(model, VisionTransformerSAM):
-        return "sam"
-    if getattr(model, "num_reg_tokens", 0) > 0 or getattr(model, "no_embed_class", False):
-        return "dinov2"
-    if (getattr(model, "pretrained_cfg", None) or {}).get("tag") == "mae":
-        return "mae"
-    return "dino"
+    return recipe_of(model).kind
 
 
 def vfm_kind_for(model_name: str) -> str:

@@ -1,7 +1,7 @@
-"""Patch features (and raw last-layer attention) of a vision foundation model (timm).
+"""Patch features (and raw last-layer attention) of a vision foundation model (timm), one recipe class per family.
 
-Every function takes windows as RGB in [0, 1], [B, 3, h, w], and returns maps on the VFM grid.
-Each kind reproduces the official input and positional-embedding handling:
+Every method takes windows as RGB in [0, 1], [B, 3, h, w], and returns maps on the VFM grid. Each recipe
+reproduces the official input and positional-embedding handling and owns its normalisation:
 
 =======  ====================================================  ===============================
 kind     input                                                 positional embedding
@@ -11,10 +11,13 @@ dinov2   window, ImageNet-normalised                           size rule with an
 mae      window resized to window_size x window_size           size rule, no antialias
 sam      window stretched to 1024 x 1024                       native (64 x 64 grid)
 =======  ====================================================  ===============================
+
+A new family is one :class:`VFMRecipe` subclass and one entry of :data:`VFM_RECIPES`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -26,82 +29,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SAM_INPUT_SIZE = 1024
 
-VFM_KINDS = ("dino", "dinov2", "sam", "mae")
-
 
 def standardize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(x - mean) / std per channel (the towers' input normalisation); x is [B, 3, h, w] in [0, 1]."""
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
-
-
-def vfm_input(windows: torch.Tensor, kind: str, window_size: int) -> torch.Tensor:
-    """ImageNet-normalised VFM input; SAM stretched to 1024^2, MAE resized to window_size^2 (bilinear)."""
-    x = standardize(windows, IMAGENET_MEAN, IMAGENET_STD)
-    target = {"sam": SAM_INPUT_SIZE, "mae": window_size}.get(kind)
-    if target is not None and tuple(x.shape[-2:]) != (target, target):
-        x = F.interpolate(x, size=(target, target), mode="bilinear", align_corners=False)
-    return x
-
-
-def check_vfm(model: nn.Module, kind: str) -> None:
-    """Raise ``ValueError`` when ``model`` cannot serve as a VFM of the given kind."""
-    if kind not in VFM_KINDS:
-        raise ValueError(f"unknown vfm_kind {kind!r}; expected one of {', '.join(VFM_KINDS)}")
-    if kind == "sam":
-        if not hasattr(model, "neck"):
-            raise ValueError("vfm_kind='sam' needs a timm samvit model (with a neck)")
-        return
-    for attr in ("patch_embed", "blocks", "norm", "pos_embed"):
-        if getattr(model, attr, None) is None:
-            raise ValueError(f"vfm_kind={kind!r} needs a timm VisionTransformer; the model has no '{attr}'")
-    if kind in ("dino", "mae") and (model.num_prefix_tokens != 1 or model.no_embed_class):
-        raise ValueError(
-            f"vfm_kind={kind!r} needs a ViT with one class token whose pos_embed covers it; "
-            "use vfm_kind='dinov2' for register models"
-        )
-
-
-def _pos_embed_for(model: nn.Module, kind: str, grid: tuple[int, int]) -> torch.Tensor:
-    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-    if kind == "dino":
-        return interpolate_pos_embed_dino(model.pos_embed, *grid, num_prefix_tokens=prefix)
-    return resample_pos_embed_by_size(model.pos_embed, *grid, num_prefix_tokens=prefix, antialias=kind == "dinov2")
-
-
-def _vit_tokens(model: nn.Module, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """timm ViT forward by hand (so the positional embedding follows ``kind``): [B, T, C] after ``norm``."""
-    x = model.patch_embed.proj(x.to(model.patch_embed.proj.weight.dtype))
-    grid = (x.shape[-2], x.shape[-1])
-    x = model.patch_embed.norm(x.flatten(2).transpose(1, 2))
-    pos = _pos_embed_for(model, kind, grid).to(x.dtype)
-    prefix = [t.expand(x.shape[0], -1, -1) for t in (model.cls_token, getattr(model, "reg_token", None)) if t is not None]
-    if model.no_embed_class:
-        x = torch.cat(prefix + [x + pos], dim=1)
-    else:
-        x = torch.cat(prefix + [x], dim=1) + pos
-    x = model.norm_pre(model.patch_drop(model.pos_drop(x)))
-    x = model.norm(model.blocks(x))
-    return x, grid
-
-
-def vfm_features(model: nn.Module, kind: str, windows: torch.Tensor, window_size: int) -> torch.Tensor:
-    """VFM patch features.
-
-    Args:
-        windows: [B, 3, h, w] RGB in [0, 1].
-        window_size: the window side (``slide_crop``); MAE inputs are resized to it.
-    Returns:
-        [B, C, H, W]: final-normed last-layer patch tokens (prefix tokens dropped), rows from the height;
-        SAM: the [B, 256, 64, 64] neck map.
-    """
-    x = vfm_input(windows, kind, window_size)
-    if kind == "sam":
-        return model.forward_features(x.to(model.patch_embed.proj.weight.dtype))
-    tokens, (gh, gw) = _vit_tokens(model, kind, x)
-    patches = tokens[:, model.num_prefix_tokens:]
-    return patches.transpose(1, 2).reshape(patches.shape[0], -1, gh, gw)
 
 
 def _capture_last_attention_input(model: nn.Module, run: Callable[[], object]) -> torch.Tensor:
@@ -115,22 +48,161 @@ def _capture_last_attention_input(model: nn.Module, run: Callable[[], object]) -
     return captured[0]
 
 
-def vfm_raw_attention(
-    model: nn.Module, kind: str, windows: torch.Tensor, window_size: int
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The VFM's own last-layer self-attention among patch tokens, averaged over heads.
+class VFMRecipe:
+    """How one family of timm ViTs is fed and read (a plain ViT with ImageNet normalisation by default).
 
-    Softmax of ``scale * q k^T`` (plus SAM's relative-position bias) over the patch keys only, i.e. the
-    patch-to-patch block of the attention renormalised per row; prefix tokens (CLS, registers) dropped.
-
-    Returns:
-        [B, N, N] attention (rows sum to 1) and the VFM grid (H, W), N = H*W in row-major order.
+    Attributes:
+        kind: the recipe's name (``vfm_kind``).
+        mean, std: input normalisation, RGB in [0, 1] units.
     """
-    x = vfm_input(windows, kind, window_size)
-    attn = model.blocks[-1].attn
-    if kind == "sam":
+
+    kind = "vit"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def claims(self, model: nn.Module) -> bool:
+        """Whether ``model``'s own configuration says it was released with this recipe."""
+        return False
+
+    def input_size(self, window_size: int) -> int | None:
+        """Square side the windows are resized to (``None``: fed at their size)."""
+        return None
+
+    def prepare(self, windows: torch.Tensor, window_size: int) -> torch.Tensor:
+        """[B, 3, h, w] in [0, 1] -> the model's input: normalised, resized (bilinear) where the recipe says."""
+        x = standardize(windows, self.mean, self.std)
+        target = self.input_size(window_size)
+        if target is not None and tuple(x.shape[-2:]) != (target, target):
+            x = F.interpolate(x, size=(target, target), mode="bilinear", align_corners=False)
+        return x
+
+    def check(self, model: nn.Module) -> None:
+        """``ValueError`` when ``model`` cannot serve with this recipe."""
+        for attr in ("patch_embed", "blocks", "norm", "pos_embed"):
+            if getattr(model, attr, None) is None:
+                raise ValueError(f"vfm_kind={self.kind!r} needs a timm VisionTransformer; the model has no '{attr}'")
+
+    def pos_embed(self, model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+        """The positional embedding resized to ``grid`` (prefix entries kept where the table has them)."""
+        raise NotImplementedError
+
+    def tokens(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """timm ViT forward by hand (so the positional embedding follows the recipe): [B, T, C] after ``norm``."""
+        x = model.patch_embed.proj(x.to(model.patch_embed.proj.weight.dtype))
+        grid = (x.shape[-2], x.shape[-1])
+        x = model.patch_embed.norm(x.flatten(2).transpose(1, 2))
+        pos = self.pos_embed(model, grid).to(x.dtype)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (model.cls_token, getattr(model, "reg_token", None))
+                  if t is not None]
+        if model.no_embed_class:
+            x = torch.cat(prefix + [x + pos], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos
+        x = model.norm_pre(model.patch_drop(model.pos_drop(x)))
+        x = model.norm(model.blocks(x))
+        return x, grid
+
+    def features(self, model: nn.Module, windows: torch.Tensor, window_size: int) -> torch.Tensor:
+        """[B, C, H, W]: final-normed last-layer patch tokens (prefix tokens dropped), rows from the height."""
+        tokens, (gh, gw) = self.tokens(model, self.prepare(windows, window_size))
+        patches = tokens[:, model.num_prefix_tokens:]
+        return patches.transpose(1, 2).reshape(patches.shape[0], -1, gh, gw)
+
+    def raw_attention(self, model: nn.Module, windows: torch.Tensor,
+                      window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """[B, N, N] last-layer patch-to-patch attention averaged over heads (rows sum to 1) and the grid (H, W)."""
+        x = self.prepare(windows, window_size)
+        attn = model.blocks[-1].attn
+        grid: list[tuple[int, int]] = []
+        inp = _capture_last_attention_input(model, lambda: grid.append(self.tokens(model, x)[1]))
+        b, t, _ = inp.shape
+        qkv = attn.qkv(inp).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, _ = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        p = model.num_prefix_tokens
+        scores = (q[:, :, p:] * attn.scale) @ k[:, :, p:].transpose(-2, -1)
+        return scores.float().softmax(-1).mean(1), grid[0]
+
+
+def _pos_prefix(model: nn.Module) -> int:
+    return 0 if model.no_embed_class else model.num_prefix_tokens
+
+
+class DinoRecipe(VFMRecipe):
+    """DINO v1 (and DINOv2 without registers): the scale-factor rule with offset 0.1, no antialias. The default
+    for any other plain ViT."""
+
+    kind = "dino"
+
+    def claims(self, model: nn.Module) -> bool:
+        return True
+
+    def check(self, model: nn.Module) -> None:
+        super().check(model)
+        if model.num_prefix_tokens != 1 or model.no_embed_class:
+            raise ValueError(f"vfm_kind={self.kind!r} needs a ViT with one class token whose pos_embed covers it; "
+                             "use vfm_kind='dinov2' for register models")
+
+    def pos_embed(self, model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+        return interpolate_pos_embed_dino(model.pos_embed, *grid, num_prefix_tokens=_pos_prefix(model))
+
+
+class DinoV2Recipe(VFMRecipe):
+    """DINOv2 with registers (or any pos_embed without the class entry): the size rule with antialias."""
+
+    kind = "dinov2"
+
+    def claims(self, model: nn.Module) -> bool:
+        return getattr(model, "num_reg_tokens", 0) > 0 or getattr(model, "no_embed_class", False)
+
+    def pos_embed(self, model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+        return resample_pos_embed_by_size(model.pos_embed, *grid, num_prefix_tokens=_pos_prefix(model), antialias=True)
+
+
+class MAERecipe(DinoRecipe):
+    """MAE: the window resized to ``window_size`` squared, the size rule without antialias."""
+
+    kind = "mae"
+
+    def claims(self, model: nn.Module) -> bool:
+        return (getattr(model, "pretrained_cfg", None) or {}).get("tag") == "mae"
+
+    def input_size(self, window_size: int) -> int | None:
+        return window_size
+
+    def pos_embed(self, model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+        return resample_pos_embed_by_size(model.pos_embed, *grid, num_prefix_tokens=_pos_prefix(model),
+                                          antialias=False)
+
+
+class SAMRecipe(VFMRecipe):
+    """SAM's image encoder: the window stretched to 1024 squared, its native grid and the 256-d neck map."""
+
+    kind = "sam"
+
+    def claims(self, model: nn.Module) -> bool:
+        from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+        return isinstance(model, VisionTransformerSAM)
+
+    def input_size(self, window_size: int) -> int | None:
+        return SAM_INPUT_SIZE
+
+    def check(self, model: nn.Module) -> None:
+        if not hasattr(model, "neck"):
+            raise ValueError("vfm_kind='sam' needs a timm samvit model (with a neck)")
+
+    def features(self, model: nn.Module, windows: torch.Tensor, window_size: int) -> torch.Tensor:
+        """The [B, 256, 64, 64] neck map."""
+        x = self.prepare(windows, window_size)
+        return model.forward_features(x.to(model.patch_embed.proj.weight.dtype))
+
+    def raw_attention(self, model: nn.Module, windows: torch.Tensor,
+                      window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
         from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias
 
+        x = self.prepare(windows, window_size)
+        attn = model.blocks[-1].attn
         inp = _capture_last_attention_input(model, lambda: model.forward_features(x))
         b, h, w, _ = inp.shape
         if (h, w) != tuple(model.patch_embed.grid_size):
@@ -143,12 +215,58 @@ def vfm_raw_attention(
         if attn.use_rel_pos:
             scores = scores + get_decomposed_rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (h, w), (h, w))
         return scores.float().softmax(-1).view(b, attn.num_heads, n, n).mean(1), (h, w)
-    grid: list[tuple[int, int]] = []
-    inp = _capture_last_attention_input(model, lambda: grid.append(_vit_tokens(model, kind, x)[1]))
-    b, t, _ = inp.shape
-    qkv = attn.qkv(inp).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, _ = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    p = model.num_prefix_tokens
-    scores = (q[:, :, p:] * attn.scale) @ k[:, :, p:].transpose(-2, -1)
-    return scores.float().softmax(-1).mean(1), grid[0]
+
+
+#: kind -> recipe, in the order a model's configuration is matched (:func:`recipe_of`; DINO last: the default).
+VFM_RECIPES: Mapping[str, VFMRecipe] = MappingProxyType(
+    {r.kind: r for r in (SAMRecipe(), DinoV2Recipe(), MAERecipe(), DinoRecipe())})
+VFM_KINDS = ("dino", "dinov2", "sam", "mae")
+assert set(VFM_KINDS) == set(VFM_RECIPES)
+
+
+def vfm_recipe(kind: str) -> VFMRecipe:
+    """The recipe of ``kind`` (``ValueError`` naming the known kinds)."""
+    if kind not in VFM_RECIPES:
+        raise ValueError(f"unknown vfm_kind {kind!r}; expected one of {', '.join(VFM_KINDS)}")
+    return VFM_RECIPES[kind]
+
+
+def recipe_of(model: nn.Module) -> VFMRecipe:
+    """The recipe a timm model was released with, read from its own configuration (class, register tokens,
+    pretrained tag), not from its name."""
+    return next(recipe for recipe in VFM_RECIPES.values() if recipe.claims(model))
+
+
+def vfm_input(windows: torch.Tensor, kind: str, window_size: int) -> torch.Tensor:
+    """The model input of ``kind`` (:meth:`VFMRecipe.prepare`)."""
+    return vfm_recipe(kind).prepare(windows, window_size)
+
+
+def check_vfm(model: nn.Module, kind: str) -> None:
+    """Raise ``ValueError`` when ``model`` cannot serve as a VFM of the given kind."""
+    vfm_recipe(kind).check(model)
+
+
+def vfm_features(model: nn.Module, kind: str, windows: torch.Tensor, window_size: int) -> torch.Tensor:
+    """VFM patch features (:meth:`VFMRecipe.features`).
+
+    Args:
+        windows: [B, 3, h, w] RGB in [0, 1].
+        window_size: the window side (``slide_crop``); MAE inputs are resized to it.
+    Returns:
+        [B, C, H, W]; SAM: the [B, 256, 64, 64] neck map.
+    """
+    return vfm_recipe(kind).features(model, windows, window_size)
+
+
+def vfm_raw_attention(model: nn.Module, kind: str, windows: torch.Tensor,
+                      window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The VFM's own last-layer self-attention among patch tokens, averaged over heads.
+
+    Softmax of ``scale * q k^T`` (plus SAM's relative-position bias) over the patch keys only, i.e. the
+    patch-to-patch block of the attention renormalised per row; prefix tokens (CLS, registers) dropped.
+
+    Returns:
+        [B, N, N] attention (rows sum to 1) and the VFM grid (H, W), N = H*W in row-major order.
+    """
+    return vfm_recipe(kind).raw_attention(model, windows, window_size)

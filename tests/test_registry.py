@@ -21,6 +21,7 @@ from proxyclip_pl.factory import build_segmenters
 from proxyclip_pl.model import MaskCLIP
 from proxyclip_pl.native_protocols import DATASETS, PROXYCLIP_PROTOCOLS, protocol_for
 from proxyclip_pl.registry import BUILTIN_METHOD_SPECS, TOWERS, method_sources, method_spec, unregister_method
+from proxyclip_pl.vfm import VFM_RECIPES
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,3 +268,22 @@ def test_run_time_benchmark_is_built_and_clashes_are_refused(tmp_path):
     assert "mybench" not in BENCHMARKS
     with pytest.raises(DatasetCardError, match="needs 'name'"):
         BenchmarkSpec.from_card({k: v for k, v in TOY_CARD.items() if k != "name"})
+
+
+# ------------------------------------------------------------------------------ the battery, per VFM recipe
+@pytest.mark.parametrize("kind", sorted(VFM_RECIPES))
+def test_vfm_recipe_claims_its_models_and_reads_them(kind):
+    from proxyclip_pl.vfm import check_vfm, recipe_of, vfm_features, vfm_raw_attention
+    from tiny_models import tiny_vfm
+
+    model = tiny_vfm(kind)  # a tiny model of the family (tests/tiny_models.py: TINY_VFMS)
+    assert recipe_of(model) is VFM_RECIPES[kind]
+    check_vfm(model, kind)
+    windows = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    features = vfm_features(model, kind, windows, 64)
+    single = torch.cat([vfm_features(model, kind, w[None], 64) for w in windows])
+    assert features.dim() == 4 and features.shape[0] == 2 and torch.allclose(features, single, atol=1e-5)
+    recipe = VFM_RECIPES[kind]
+    assert len(recipe.mean) == len(recipe.std) == 3  # the recipe owns its normalisation
+    attn, (h, w) = vfm_raw_attention(model, kind, windows, 64)
+    assert attn.shape == (2, h * w, h * w) and torch.allclose(attn.sum(-1), torch.ones(2, h * w), atol=1e-5)
