@@ -154,6 +154,8 @@ class BenchmarkPreset:
     mmseg_histc: bool = False
     vocabulary_path: str | None = None  # None: vocab/<key>.txt of this package
     vocabulary: tuple[tuple[str, ...], ...] | None = None  # custom datasets: synonyms per class, in label order
+    official_config: str = ""  # the official repositories' test config (ProxyCLIP, SCLIP, NACLIP, ClearCLIP)
+    official_classes: str = ""  # their class-name file (datamodules/vocab/<key>.txt is ProxyCLIP's copy)
 
     @property
     def num_classes(self) -> int:
@@ -201,7 +203,8 @@ def _voc(key: str, classes: tuple[str, ...], reduce: bool, thd: float) -> Benchm
         img_dir="JPEGImages", ann_dir="SegmentationClass", img_suffix=".jpg", seg_suffix=".png",
         split_file="ImageSets/Segmentation/val.txt", reduce_zero_label=reduce,
         expected_num_images=1449, short_side=336, crop_size=336, stride=112, prob_thd=thd,
-        background=not reduce, has_ignore=True, prepare_key="voc",
+        background=not reduce, has_ignore=True, prepare_key="voc", official_config=f"configs/cfg_{key}.py",
+        official_classes=f"configs/cls_{key}.txt",
         download_hint="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
     )
 
@@ -213,7 +216,7 @@ def _context(key: str, classes: tuple[str, ...], reduce: bool, thd: float) -> Be
         seg_suffix=".png", split_file="ImageSets/SegmentationContext/val.txt",
         reduce_zero_label=reduce, expected_num_images=5105, short_side=336, crop_size=336,
         stride=112, prob_thd=thd, background=not reduce, has_ignore=reduce,
-        prepare_key="context",
+        prepare_key="context", official_config=f"configs/cfg_{key}.py", official_classes=f"configs/cls_{key}.txt",
         download_hint="VOCtrainval_03-May-2010.tar + trainval_merged.json (PASCAL in Detail)",
     )
 
@@ -224,7 +227,8 @@ def _coco(key: str, classes: tuple[str, ...], suffix: str, thd: float, bg: bool)
         img_dir="images/val2017", ann_dir="annotations/val2017", img_suffix=".jpg",
         seg_suffix=suffix, split_file=None, reduce_zero_label=False, expected_num_images=5000,
         short_side=336, crop_size=336, stride=112, prob_thd=thd, background=bg,
-        has_ignore=not bg, prepare_key=key,
+        has_ignore=not bg, prepare_key=key, official_config=f"configs/cfg_{key}.py",
+        official_classes=f"configs/cls_{key}.txt",
         download_hint="val2017.zip + stuffthingmaps_trainval2017.zip (COCO-Stuff-164k)",
     )
 
@@ -237,14 +241,16 @@ BUILTIN_BENCHMARKS: dict[str, BenchmarkPreset] = {
     "context59": _context("context59", CONTEXT59_CLASSES, reduce=True, thd=0.0),
     "coco_object": _coco("coco_object", ("background",) + COCO_THING_CLASSES,
                          "_instanceTrainIds.png", thd=0.25, bg=True),
-    "coco_stuff": _coco("coco_stuff", COCO_THING_CLASSES + COCO_STUFF_ONLY_CLASSES,
-                        "_labelTrainIds.png", thd=0.0, bg=False),
+    "coco_stuff": dataclasses.replace(_coco("coco_stuff", COCO_THING_CLASSES + COCO_STUFF_ONLY_CLASSES,
+                                            "_labelTrainIds.png", thd=0.0, bg=False),
+                                      official_config="configs/cfg_coco_stuff164k.py"),
     "cityscapes": BenchmarkPreset(
         key="cityscapes", class_names=CITYSCAPES_CLASSES, sub_path="cityscapes",
         img_dir="leftImg8bit/val", ann_dir="gtFine/val", img_suffix="_leftImg8bit.png",
         seg_suffix="_gtFine_labelTrainIds.png", split_file=None, reduce_zero_label=False,
         expected_num_images=500, short_side=448, crop_size=224, stride=112, prob_thd=0.0,
-        background=False, has_ignore=True, prepare_key="cityscapes",
+        background=False, has_ignore=True, prepare_key="cityscapes", official_config="configs/cfg_city_scapes.py",
+        official_classes="configs/cls_city_scapes.txt",
         download_hint="leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip "
         "(https://www.cityscapes-dataset.com/downloads/, login required)",
     ),
@@ -253,7 +259,8 @@ BUILTIN_BENCHMARKS: dict[str, BenchmarkPreset] = {
         img_dir="images/validation", ann_dir="annotations/validation", img_suffix=".jpg",
         seg_suffix=".png", split_file=None, reduce_zero_label=True, expected_num_images=2000,
         short_side=448, crop_size=336, stride=112, prob_thd=0.0, background=False,
-        has_ignore=True, prepare_key="ade20k",
+        has_ignore=True, prepare_key="ade20k", official_config="configs/cfg_ade20k.py",
+        official_classes="configs/cls_ade20k.txt",
         download_hint="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
     ),
     # ProxyCLIP configs/cfg_ade847.py, cfg_context459.py: Resize(scale=(2048, 448)), MyLoadAnnotations
@@ -264,7 +271,8 @@ BUILTIN_BENCHMARKS: dict[str, BenchmarkPreset] = {
         img_dir="images_detectron2/validation", ann_dir="annotations_detectron2/validation",
         img_suffix=".jpg", seg_suffix=".tif", split_file="validation.txt", reduce_zero_label=False,
         expected_num_images=2000, short_side=448, crop_size=336, stride=112, prob_thd=0.0,
-        background=False, has_ignore=True, prepare_key="ade847",
+        background=False, has_ignore=True, prepare_key="ade847", official_config="configs/cfg_ade847.py",
+        official_classes="configs/cls_ade20k847.txt",
         download_hint="ADE20K_2021_17_01.zip (https://groups.csail.mit.edu/vision/datasets/ADE20K/, "
         "registration required)",
         ignore_index=255, label_bits=16, extra_label_values=(UNLABELED_16BIT,), mmseg_histc=True,
@@ -274,7 +282,8 @@ BUILTIN_BENCHMARKS: dict[str, BenchmarkPreset] = {
         img_dir="JPEGImages", ann_dir="annotations_detectron2/pc459_val", img_suffix=".jpg",
         seg_suffix=".tif", split_file="ImageSets/SegmentationContext/val.txt", reduce_zero_label=False,
         expected_num_images=5105, short_side=448, crop_size=336, stride=112, prob_thd=0.0,
-        background=False, has_ignore=True, prepare_key="context459",
+        background=False, has_ignore=True, prepare_key="context459", official_config="configs/cfg_context459.py",
+        official_classes="configs/cls_context459.txt",
         download_hint="VOCtrainval_03-May-2010.tar + trainval.tar.gz (459-label .mat maps and labels.txt, "
         "https://cs.stanford.edu/~roozbeh/pascal-context/)",
         ignore_index=255, label_bits=16, extra_label_values=(UNLABELED_16BIT,), mmseg_histc=True,

@@ -22,21 +22,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from datamodules.presets import BUILTIN_BENCHMARKS, MAIN_BENCHMARKS, BenchmarkPreset
+
 from .registry import BUILTIN_METHOD_SPECS
 
-DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+#: The paper's Table-1 benchmarks, in its column order (``datamodules.MAIN_BENCHMARKS``).
+DATASETS = MAIN_BENCHMARKS
 
-#: package dataset key -> official config file (same name in all three repositories).
-OFFICIAL_CONFIGS: Mapping[str, str] = MappingProxyType({
-    "voc21": "configs/cfg_voc21.py",
-    "context60": "configs/cfg_context60.py",
-    "coco_object": "configs/cfg_coco_object.py",
-    "voc20": "configs/cfg_voc20.py",
-    "context59": "configs/cfg_context59.py",
-    "coco_stuff": "configs/cfg_coco_stuff164k.py",
-    "cityscapes": "configs/cfg_city_scapes.py",
-    "ade20k": "configs/cfg_ade20k.py",
-})
+#: package dataset key -> official config file (same name in all three repositories; the benchmark's preset).
+OFFICIAL_CONFIGS: Mapping[str, str] = MappingProxyType({key: BUILTIN_BENCHMARKS[key].official_config
+                                                        for key in DATASETS})
 
 
 @dataclass(frozen=True)
@@ -290,31 +285,21 @@ REPORTED_MIOU: Mapping[str, ReportedResults] = MappingProxyType({
 })
 
 
-def _proxyclip(short_side: int, slide_crop: int, prob_thd: float) -> Protocol:
-    # ProxyCLIP (this package, datamodules/presets.py): stride 112, logit scale 40, no area filter, no PAMR
-    return Protocol(short_side, 2048, slide_crop, 112, 40.0, prob_thd, None, 0)
+def proxyclip_protocol_of(preset: BenchmarkPreset) -> Protocol:
+    """ProxyCLIP's protocol (this package's presets; the official ``configs/cfg_*.py``) for one benchmark: its short
+    side, windows and ``prob_thd`` with the long side capped at 2048, logit scale 40, no area filter, no PAMR."""
+    return Protocol(preset.short_side, 2048, preset.crop_size, preset.stride, 40.0, preset.prob_thd, None, 0)
 
 
-#: ProxyCLIP's own protocol (the paper's Table 1 setting), per dataset; equal to ``datamodules.presets``
-#: (short_side, crop_size, stride, prob_thd) by test. Applied to any method it gives the paper's re-runs.
+#: ProxyCLIP's own protocol (the paper's Table 1 setting), per built-in dataset, derived from the presets
+#: (ADE-847 / PC-459: mc-lan/ProxyCLIP configs/cfg_ade847.py, cfg_context459.py). Applied to any method it gives
+#: the paper's re-runs.
 PROXYCLIP_PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({
-    "voc21": _proxyclip(336, 336, 0.2),
-    "context60": _proxyclip(336, 336, 0.15),
-    "coco_object": _proxyclip(336, 336, 0.25),
-    "voc20": _proxyclip(336, 336, 0.0),
-    "context59": _proxyclip(336, 336, 0.0),
-    "coco_stuff": _proxyclip(336, 336, 0.0),
-    "cityscapes": _proxyclip(448, 224, 0.0),
-    "ade20k": _proxyclip(448, 336, 0.0),
-    # Beyond the paper's main table: mc-lan/ProxyCLIP configs/cfg_ade847.py, cfg_context459.py
-    # (Resize (2048, 448), segmentor defaults slide 336 / 112, prob_thd 0).
-    "ade847": _proxyclip(448, 336, 0.0),
-    "context459": _proxyclip(448, 336, 0.0),
-})
+    key: proxyclip_protocol_of(preset) for key, preset in BUILTIN_BENCHMARKS.items()})
 
 #: Datasets with a ProxyCLIP protocol but no native row for SCLIP / NACLIP / ClearCLIP (their repositories
 #: have no config for them): ``native`` falls back to ProxyCLIP's protocol there.
-EXTRA_DATASETS = ("ade847", "context459")
+EXTRA_DATASETS = tuple(key for key in BUILTIN_BENCHMARKS if key not in DATASETS)
 
 #: Built-in methods (``scripts/test.py --method``; the registry's table). ``proxyclip``, ``maskclip`` and ``clip``
 #: are this package's (the no-VFM baselines of the ProxyCLIP paper): their native protocol is ProxyCLIP's.
@@ -358,5 +343,4 @@ def proxyclip_protocol(dataset: str) -> Protocol:
 
     if dataset not in BENCHMARKS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(BENCHMARKS)}")
-    spec = BENCHMARKS[dataset]
-    return Protocol(spec.short_side, 2048, spec.crop_size, spec.stride, 40.0, spec.prob_thd, None, 0)
+    return proxyclip_protocol_of(BENCHMARKS[dataset])

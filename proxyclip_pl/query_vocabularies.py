@@ -21,6 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from datamodules.presets import BUILTIN_BENCHMARKS
+
 from .native_protocols import METHODS
 from .vocabulary import SYNONYM_SEPARATOR, Vocabulary, flatten_vocabulary, load_vocabulary, vocabulary_sha256
 
@@ -32,19 +34,9 @@ PROXYCLIP_REPOSITORY = "mc-lan/ProxyCLIP"
 PROXYCLIP_COMMIT = "e7b767fbc58ea218a3b8ba34cd92db521cc5f2e1"
 
 #: Benchmark key -> official class-name file (the same name in ProxyCLIP, SCLIP, NACLIP and ClearCLIP; the last
-#: two exist in ProxyCLIP's repository only).
-OFFICIAL_FILES: Mapping[str, str] = MappingProxyType({
-    "voc21": "configs/cls_voc21.txt",
-    "context60": "configs/cls_context60.txt",
-    "coco_object": "configs/cls_coco_object.txt",
-    "voc20": "configs/cls_voc20.txt",
-    "context59": "configs/cls_context59.txt",
-    "coco_stuff": "configs/cls_coco_stuff.txt",
-    "cityscapes": "configs/cls_city_scapes.txt",
-    "ade20k": "configs/cls_ade20k.txt",
-    "ade847": "configs/cls_ade20k847.txt",
-    "context459": "configs/cls_context459.txt",
-})
+#: two exist in ProxyCLIP's repository only): the presets' ``official_classes``.
+OFFICIAL_FILES: Mapping[str, str] = MappingProxyType({key: preset.official_classes
+                                                      for key, preset in BUILTIN_BENCHMARKS.items()})
 
 
 @dataclass(frozen=True)

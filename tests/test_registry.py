@@ -287,3 +287,22 @@ def test_vfm_recipe_claims_its_models_and_reads_them(kind):
     assert len(recipe.mean) == len(recipe.std) == 3  # the recipe owns its normalisation
     attn, (h, w) = vfm_raw_attention(model, kind, windows, 64)
     assert attn.shape == (2, h * w, h * w) and torch.allclose(attn.sum(-1), torch.ones(2, h * w), atol=1e-5)
+
+
+#: ProxyCLIP's rows as literals (the paper's protocol: short side, window, stride, prob_thd), written before the
+#: table was derived from the benchmark presets: deriving it must not change a number.
+PROXYCLIP_ROWS = {
+    "voc21": (336, 336, 112, 0.2), "context60": (336, 336, 112, 0.15), "coco_object": (336, 336, 112, 0.25),
+    "voc20": (336, 336, 112, 0.0), "context59": (336, 336, 112, 0.0), "coco_stuff": (336, 336, 112, 0.0),
+    "cityscapes": (448, 224, 112, 0.0), "ade20k": (448, 336, 112, 0.0), "ade847": (448, 336, 112, 0.0),
+    "context459": (448, 336, 112, 0.0),
+}
+
+
+def test_derived_proxyclip_protocols_keep_the_papers_rows():
+    from proxyclip_pl.native_protocols import EXTRA_DATASETS, OFFICIAL_CONFIGS, Protocol
+
+    assert set(PROXYCLIP_PROTOCOLS) == set(PROXYCLIP_ROWS) and EXTRA_DATASETS == ("ade847", "context459")
+    for key, (short, crop, stride, thd) in PROXYCLIP_ROWS.items():
+        assert PROXYCLIP_PROTOCOLS[key] == Protocol(short, 2048, crop, stride, 40.0, thd, None, 0), key
+    assert OFFICIAL_CONFIGS["coco_stuff"] == "configs/cfg_coco_stuff164k.py" and set(OFFICIAL_CONFIGS) == set(DATASETS)
