@@ -64,6 +64,7 @@ class NACLIP(_OfficialCLIPMethod):
     """
 
     method = "naclip"
+    encoder_settings = ("arch", "attn_strategy", "gaussian_std")
     ARCHS = ("reduced",)
     ATTN_STRATEGIES = ("naclip",)
 

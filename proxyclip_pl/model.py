@@ -76,6 +76,7 @@ class ProxyCLIP(_ProxyCLIPGeometry):
     """
 
     method = "proxyclip"
+    encoder_settings = ("vfm_kind", "beta", "gamma", "attention", "shift_scale", "mask")
 
     def __init__(
         self,

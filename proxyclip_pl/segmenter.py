@@ -42,11 +42,6 @@ from .vfm import standardize
 from .vocabulary import encode_text_embeddings, flatten_vocabulary
 
 
-def _comparable(value: object) -> object:
-    """A tensor as (dtype, shape, values), so that ``==`` on signatures is a plain bool; anything else unchanged."""
-    return (value.dtype, tuple(value.shape), value.tolist()) if isinstance(value, torch.Tensor) else value
-
-
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -84,6 +79,8 @@ class Segmenter(nn.Module):
     pad_multiple: int = 1
     #: PAMR neighbour dilations.
     pamr_dilations: tuple[int, ...] = PAMR_DILATIONS
+    #: attributes (beyond the window geometry) that change the window embeddings: part of :meth:`encoder_config`.
+    encoder_settings: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -228,24 +225,15 @@ class Segmenter(nn.Module):
             raise ValueError(f"windows must be [B, 3, h, w], got {tuple(windows.shape)}")
         return self.match(*self.dense_embeddings(windows.to(self.device)))
 
-    def encoder_signature(self) -> dict[str, object]:
-        """Everything :meth:`slide_logits` reads before the text embeddings: the class, the towers (by
-        identity), the window geometry and every other setting, i.e. all attributes except the vocabulary,
-        the text side and the post-processing. Two segmenters with equal signatures produce the same window
-        embeddings, so one encoder pass serves both (:func:`shared_slide_logits`)."""
-        skip = {"training", "windows_encoded", "vocabulary", "queries", "logit_scale", "prob_thd", "area_thd", "pamr_steps",
-                "short_side", "long_side_cap"}
-        signature: dict[str, object] = {"class": type(self), "pad_multiple": self.pad_multiple, "mean": self.mean,
-                                        "std": self.std, "window_batch_size": self.effective_window_batch_size}
-        for name, value in vars(self).items():
-            if name not in skip and not name.startswith("_"):
-                signature[name] = _comparable(value)
-        for name, module in self._modules.items():
-            signature[f"module:{name}"] = id(module)
-        for name, buffer in self._buffers.items():
-            if name not in ("text_embeddings", "query_to_class") and buffer is not None:
-                signature[f"buffer:{name}"] = _comparable(buffer)
-        return signature
+    def encoder_config(self) -> tuple:
+        """Everything :meth:`slide_logits` reads before the text embeddings, as one hashable value: the class, the
+        towers (by identity), the input normalisation and padding, the windows, the windows per encoder call and
+        the method's :attr:`encoder_settings`. Two segmenters with equal configurations produce the same window
+        embeddings, so one encoder pass serves both (:func:`shared_slide_logits`); the vocabulary, the text side
+        and the post-processing (logit scale, thresholds, PAMR, test resize) are not part of it."""
+        return (type(self), tuple((name, id(module)) for name, module in self._modules.items()), self.pad_multiple,
+                tuple(self.mean), tuple(self.std), self.effective_window_batch_size, self.slide_crop, self.slide_stride,
+                tuple((name, getattr(self, name)) for name in self.encoder_settings))
 
     @torch.no_grad()
     def window_logits(self, windows: torch.Tensor) -> torch.Tensor:
@@ -344,10 +332,10 @@ class Segmenter(nn.Module):
 
 
 def shares_encoder(a: nn.Module, b: nn.Module) -> bool:
-    """Whether one encoder pass over a window serves both segmenters (equal :meth:`Segmenter.encoder_signature`)."""
+    """Whether one encoder pass over a window serves both segmenters (equal :meth:`Segmenter.encoder_config`)."""
     if not (isinstance(a, Segmenter) and isinstance(b, Segmenter)):
         return False
-    return a.encoder_signature() == b.encoder_signature()
+    return a.encoder_config() == b.encoder_config()
 
 
 @torch.no_grad()

@@ -306,3 +306,22 @@ def test_derived_proxyclip_protocols_keep_the_papers_rows():
     for key, (short, crop, stride, thd) in PROXYCLIP_ROWS.items():
         assert PROXYCLIP_PROTOCOLS[key] == Protocol(short, 2048, crop, stride, 40.0, thd, None, 0), key
     assert OFFICIAL_CONFIGS["coco_stuff"] == "configs/cfg_coco_stuff164k.py" and set(OFFICIAL_CONFIGS) == set(DATASETS)
+
+
+#: Segmenter attributes that do not change the window embeddings (the vocabulary, the text side, post-processing,
+#: the test resize, bookkeeping); every other attribute must be declared in ``encoder_settings``.
+NOT_ENCODER = {"training", "windows_encoded", "vocabulary", "queries", "logit_scale", "prob_thd", "area_thd",
+               "pamr_steps", "short_side", "long_side_cap", "slide_crop", "slide_stride", "window_batch_size"}
+
+
+@pytest.mark.parametrize("name", sorted(method_sources()))
+def test_encoder_config_declares_every_setting_and_is_hashable(name, towers):
+    """The explicit encoder configuration must cover what the former compare-every-attribute rule covered: a
+    setting a method forgets to declare would let two different encoders share a pass."""
+    spec = method_spec(name)
+    options = towers if spec.uses_vfm else {k: v for k, v in towers.items() if not k.startswith("vfm")}
+    model = build_segmenters(name, {0: ([["sky"], ["cat"]], protocol_for(name, "voc21"))}, **options)[0]
+    undeclared = {k for k in vars(model) if not k.startswith("_")} - NOT_ENCODER - set(model.encoder_settings)
+    assert not undeclared, f"{name}: declare {sorted(undeclared)} in encoder_settings (or they do not encode)"
+    assert not set(model._buffers) - {"text_embeddings", "query_to_class"}
+    hash(model.encoder_config())

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from datamodules import BENCHMARKS
 from proxyclip_pl.cli import load_plugin, model_kwargs
-from proxyclip_pl.native_protocols import DATASETS, Protocol, protocol_for
+from proxyclip_pl.native_protocols import DATASETS, protocol_for, proxyclip_protocol_of
 from proxyclip_pl.registry import method_sources
 
 
@@ -26,12 +26,10 @@ def resolve_protocol(args: argparse.Namespace, key: str, preset=None):
     A dataset card (``preset`` given) has one protocol for every method: its short side, windows and
     ``prob_thd`` with ProxyCLIP's logit scale, no area filter and no PAMR."""
     if is_card(key):
-        protocol = Protocol(preset.short_side, 2048, preset.crop_size, preset.stride, 40.0, preset.prob_thd, None, 0)
-        if args.pamr_steps is not None:
-            protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
-        return protocol
-    protocol = protocol_for(args.method, key, args.protocol)
-    if args.protocol == "native" and not registered(args.method):
+        protocol = proxyclip_protocol_of(preset)
+    else:
+        protocol = protocol_for(args.method, key, args.protocol)
+    if not is_card(key) and args.protocol == "native" and not registered(args.method):
         protocol = (getattr(load_plugin(args.method), "native_protocols", None) or {}).get(key, protocol)
     if args.pamr_steps is not None:
         protocol = dataclasses.replace(protocol, pamr_steps=args.pamr_steps)
