@@ -28,6 +28,7 @@ from .records import RecordWriter, sparse
 from .segmenter import shared_slide_logits, shares_encoder
 from .visualize import show_panel
 from .result_files import write_json_atomic, write_per_image_csv
+from .iou import image_counts, image_row, results_from_states
 
 
 def check_segmenter(model: nn.Module) -> None:
@@ -121,9 +122,7 @@ class BenchmarkScore(nn.Module):
     def add_prior(self) -> None:
         """Add a resumed run's recorded sums (and per-image rows) to this process's metric."""
         if self.prior is not None:
-            for name, value in self.prior.items():
-                state = getattr(self.metric, name)
-                state += value.to(state.device)
+            self.metric.add_states(self.prior)
         self._per_image.extend(self.prior_rows)
 
     def add(self, pred: torch.Tensor, target: torch.Tensor, sample: dict[str, Any]) -> None:
@@ -148,7 +147,7 @@ class BenchmarkScore(nn.Module):
 
     def _metric_states(self) -> dict[str, torch.Tensor]:
         """Copies of every (int64, sum-reduced) metric state."""
-        return {name: getattr(self.metric, name).clone() for name in self.metric._defaults}
+        return self.metric.states()
 
     def _record(self, sample: dict[str, Any], before: dict[str, torch.Tensor], row: dict[str, Any] | None) -> None:
         """Durably record what this image added to each metric state (and its per-image row)."""
@@ -157,23 +156,11 @@ class BenchmarkScore(nn.Module):
         _crash_hook()
 
     def image_row(self, pred: torch.Tensor, target: torch.Tensor, index: int, sid: str) -> dict[str, Any]:
-        """One image's counts under the metric's own arithmetic: pixels scored (not ``ignore_index``),
-        pixel accuracy, mIoU over the classes present in the ground truth or predicted, GT classes."""
-        num_classes = len(self.class_names)
-        valid = target != self.ignore_index
-        p, t = pred[valid].long(), target[valid].long()
-        area_p = torch.bincount(p, minlength=num_classes)
-        in_range = (t >= 0) & (t < num_classes)
-        p, t = p[in_range], t[in_range]
-        inter = torch.bincount(t[p == t], minlength=num_classes).double()
-        area_l = torch.bincount(t, minlength=num_classes)
-        union = area_p.double() + area_l.double() - inter
-        present = union > 0
-        miou = (inter[present] / union[present]).mean().item() * 100 if bool(present.any()) else float("nan")
-        labelled = int(area_l.sum())
-        return {"index": index, "id": sid, "pixels": int(valid.sum()),
-                "pixel_acc": inter.sum().item() / labelled * 100 if labelled else float("nan"),
-                "miou": miou, "classes": " ".join(str(c) for c in torch.nonzero(area_l).flatten().tolist())}
+        """One image's row under the metric's own arithmetic (:func:`proxyclip_pl.iou.image_row`): pixels scored
+        (not ``ignore_index``), pixel accuracy, mIoU over the classes present in the ground truth or predicted, GT
+        classes."""
+        counts = image_counts(pred, target, len(self.class_names), self.ignore_index, mmseg_histc=True)
+        return {"index": index, "id": sid, **image_row(counts, int((target != self.ignore_index).sum()))}
 
     def _write_outputs(self, sample: dict[str, Any], pred: np.ndarray, label: np.ndarray) -> None:
         name = str(sample["id"]).replace("/", "_")
@@ -188,13 +175,15 @@ class BenchmarkScore(nn.Module):
             panel = show_panel(image, pred, label, self.class_names, black, title=str(sample["id"]))
             Image.fromarray(panel).save(self.show_dir / f"{name}.png")
 
-    def publish(self, is_global_zero: bool, extra: dict[str, Any] | None = None, collective: bool = True) -> dict[str, Any]:
+    def publish(self, is_global_zero: bool, extra: dict[str, Any] | None = None, collective: bool = True,
+                results: dict[str, Any] | None = None) -> dict[str, Any]:
         """End of the test epoch: close the records, compute the metric (a collective under DDP: every rank
-        calls it exactly once, unless ``collective`` is off) and write the outputs (and ``extra`` entries) from
-        global rank 0."""
+        calls it exactly once; ``results`` given: already computed) and write the outputs (and ``extra``
+        entries) from global rank 0."""
         if self._writer is not None:
             self._writer.close()
-        results = self.metric.compute()
+        if results is None:
+            results = self.metric.compute()
         self.metric.reset()
         results.pop("iou"), results.pop("acc")
         confusion, unlabeled = results.pop("confusion"), results.pop("unlabeled_pred")
@@ -218,14 +207,11 @@ class BenchmarkScore(nn.Module):
         """Every image is recorded: the results are the records' sums (global rank 0, no evaluation)."""
         self.metric.reset()
         self.add_prior()
-        self.metric._update_count = 1  # the states hold the records' sums (no update() in this process)
         # Alone on global rank 0 (the other ranks have nothing to add), also when an earlier benchmark left
-        # the process group initialised: no collective, or it would wait for ranks that never call it.
-        self.metric._to_sync = False
-        try:
-            return self.publish(True, {"windows_encoded": 0}, collective=False)
-        finally:
-            self.metric._to_sync = self.metric.sync_on_compute
+        # the process group initialised: computed from the states, no collective, or it would wait for ranks
+        # that never call it.
+        results = results_from_states(self.metric.states(), self.metric.num_samples)
+        return self.publish(True, {"windows_encoded": 0}, collective=False, results=results)
 
     def _gather_per_image(self, collective: bool = True) -> list[dict[str, Any]]:
         """Every rank's per-image rows on every rank (a collective unless ``collective`` is off), in dataset order."""

@@ -34,61 +34,16 @@ deterministic, allowed in deterministic mode), kept as int64 states so that the 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from .iou import format_indices, image_counts, metrics_from_areas, results_from_states
+
 __all__ = ["SegmentationIoU", "metrics_from_areas"]
-
-# How many offending indices / values to spell out in error messages.
-_MAX_LISTED = 20
-
-
-def _fmt_indices(idx: Tensor) -> str:
-    """Format a 1-D index tensor for an error message, truncated to ``_MAX_LISTED`` entries."""
-    values = idx.tolist()
-    head = ", ".join(str(v) for v in values[:_MAX_LISTED])
-    more = f", ... ({len(values) - _MAX_LISTED} more)" if len(values) > _MAX_LISTED else ""
-    return f"[{head}{more}]"
-
-
-def _round_or_none(x: float) -> float | None:
-    """Percent value rounded to 2 decimals, ``None`` for NaN (JSON/logging friendly)."""
-    return None if math.isnan(x) else round(x, 2)
-
-
-def metrics_from_areas(intersect: Tensor, pred_area: Tensor, label_area: Tensor) -> dict[str, Any]:
-    """Turn dataset-level per-class counts into the MMSeg ``IoUMetric`` numbers.
-
-    Args:
-        intersect: ``[C]`` integer, ``I[c]`` = #pixels with pred == target == c.
-        pred_area: ``[C]`` integer, ``P[c]`` = #non-ignored pixels predicted as c.
-        label_area: ``[C]`` integer, ``L[c]`` = #non-ignored pixels labelled c.
-
-    Returns:
-        A dict with
-        ``iou`` / ``acc``: float64 CPU tensors ``[C]``, unrounded *fractions* in ``[0, 1]``,
-        NaN where the union (resp. label area) is 0;
-        ``mIoU`` / ``mAcc`` / ``aAcc``: unrounded float64 percentages in ``[0, 100]`` (Python
-        floats; NaN when no class has a non-zero denominator).
-    """
-    i = intersect.detach().to("cpu", torch.float64)
-    p = pred_area.detach().to("cpu", torch.float64)
-    lab = label_area.detach().to("cpu", torch.float64)
-    union = p + lab - i
-    # 0/0 -> NaN in float64 (and x/0 with x > 0 cannot happen: I <= min(P, L) <= U).
-    iou = i / union
-    acc = i / lab
-    # torch.nanmean of an all-NaN vector is NaN (like np.nanmean, minus the warning).
-    miou = torch.nanmean(iou).item() * 100.0
-    macc = torch.nanmean(acc).item() * 100.0
-    total_label = lab.sum().item()
-    aacc = (i.sum().item() / total_label * 100.0) if total_label > 0 else math.nan
-    return {"iou": iou, "acc": acc, "mIoU": miou, "mAcc": macc, "aAcc": aacc}
 
 
 class SegmentationIoU(Metric):
@@ -208,7 +163,7 @@ class SegmentationIoU(Metric):
             bad = (idx < 0) | (idx >= self.num_samples)
             if bool(bad.any()):
                 raise ValueError(
-                    f"dataset index out of range [0, {self.num_samples}): {_fmt_indices(idx[bad].cpu())}"
+                    f"dataset index out of range [0, {self.num_samples}): {format_indices(idx[bad].cpu())}"
                 )
         return idx
 
@@ -252,34 +207,19 @@ class SegmentationIoU(Metric):
             if bool(bad_pred.any()):
                 vals = torch.unique(pred[bad_pred]).cpu()
                 msgs.append(
-                    f"{int(bad_pred.sum())} prediction(s) outside [0, {num_classes}), values {_fmt_indices(vals)}"
+                    f"{int(bad_pred.sum())} prediction(s) outside [0, {num_classes}), values {format_indices(vals)}"
                 )
             if bool(bad_target.any()):
                 vals = torch.unique(target[bad_target]).cpu()
                 msgs.append(
                     f"{int(bad_target.sum())} target value(s) outside [0, {num_classes}) and != "
-                    f"ignore_index={self.ignore_index}, values {_fmt_indices(vals)}"
+                    f"ignore_index={self.ignore_index}, values {format_indices(vals)}"
                 )
             raise ValueError("SegmentationIoU.update: " + "; ".join(msgs))
 
-        # bincount needs 1-D non-negative int64; only the non-ignored pixels count.
-        p = pred[valid].to(torch.int64)
-        t = target[valid].to(torch.int64)
-        # Plain (unweighted) bincount: O(N) memory, deterministic, allowed under
-        # torch.use_deterministic_algorithms -- unlike an N x C^2 one-hot mesh.
-        # Predictions are always in [0, C): every scored pixel counts in pred_area (histc keeps it).
-        self.pred_area += torch.bincount(p, minlength=num_classes)
-        if self.mmseg_histc:
-            in_range = (t >= 0) & (t < num_classes)
-            if not bool(in_range.all()):
-                if self.track_confusion:
-                    self.unlabeled_pred += torch.bincount(p[~in_range], minlength=num_classes)
-                p, t = p[in_range], t[in_range]
-        self.intersect += torch.bincount(t[p == t], minlength=num_classes)
-        self.label_area += torch.bincount(t, minlength=num_classes)
-        if self.track_confusion:
-            self.confusion += torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(
-                num_classes, num_classes)
+        counts = image_counts(pred, target, num_classes, self.ignore_index, self.mmseg_histc, self.track_confusion)
+        for name, value in counts.items():
+            getattr(self, name).add_(value)
         self.num_images += 1 if batch is None else batch
         if idx is not None and self.num_samples is not None:
             # bincount (not index_add_/index_put_) so duplicates within one batch also count
@@ -316,33 +256,24 @@ class SegmentationIoU(Metric):
                 times (missing) or more than once (duplicated, e.g. by a padding
                 ``DistributedSampler``).
         """
-        if self.num_samples is not None:
-            seen = self.seen.detach().cpu()
-            dup = torch.nonzero(seen > 1).flatten()
-            missing = torch.nonzero(seen == 0).flatten()
-            if dup.numel() or missing.numel():
-                parts = []
-                if dup.numel():
-                    parts.append(f"{dup.numel()} duplicated index(es) {_fmt_indices(dup)}")
-                if missing.numel():
-                    parts.append(f"{missing.numel()} missing index(es) {_fmt_indices(missing)}")
-                raise RuntimeError(
-                    f"SegmentationIoU: every one of the {self.num_samples} samples must be evaluated "
-                    f"exactly once, but found " + " and ".join(parts) + " (padding DistributedSampler?)"
-                )
+        return results_from_states(self.states(), self.num_samples)
 
-        raw = metrics_from_areas(self.intersect, self.pred_area, self.label_area)
-        extra: dict[str, Any] = {}
-        if self.track_confusion:  # "confusion" [C, C] and "unlabeled_pred" [C], int64 CPU tensors
-            extra = {"confusion": self.confusion.detach().cpu(), "unlabeled_pred": self.unlabeled_pred.detach().cpu()}
-        return {
-            **extra,
-            "mIoU": round(raw["mIoU"], 2),
-            "mAcc": round(raw["mAcc"], 2),
-            "aAcc": round(raw["aAcc"], 2),
-            "per_class_iou": [_round_or_none(v * 100.0) for v in raw["iou"].tolist()],
-            "per_class_acc": [_round_or_none(v * 100.0) for v in raw["acc"].tolist()],
-            "iou": raw["iou"],
-            "acc": raw["acc"],
-            "num_images": int(self.num_images.item()),
-        }
+    # ------------------------------------------------------------------ states
+    def state_names(self) -> tuple[str, ...]:
+        """The names of the int64, sum-reduced states (those a record stores and a resumed run adds)."""
+        names = ["intersect", "pred_area", "label_area", "num_images"]
+        names += ["seen"] if self.num_samples is not None else []
+        names += ["confusion", "unlabeled_pred"] if self.track_confusion else []
+        return tuple(names)
+
+    def states(self) -> dict[str, Tensor]:
+        """Copies of every state (:meth:`state_names`)."""
+        return {name: getattr(self, name).clone() for name in self.state_names()}
+
+    def add_states(self, states: Mapping[str, Tensor]) -> None:
+        """Add summed increments (e.g. a resumed run's records) to the states, as updates would have."""
+        for name, value in states.items():
+            if name not in self.state_names():
+                raise ValueError(f"SegmentationIoU has no state {name!r}; states: {', '.join(self.state_names())}")
+            state = getattr(self, name)
+            state += value.to(state.device)

@@ -43,7 +43,7 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
         if recorded:
             like = SegmentationIoU(len(job.dm.class_names), num_samples=job.num_samples, ignore_index=job.ignore_index,
                                    mmseg_histc=job.preset.mmseg_histc, confusion=True)
-            prior = sum_states(recorded.values(), {name: getattr(like, name) for name in like._defaults})
+            prior = sum_states(recorded.values(), like.states())
             prior_rows = [recorded[i]["row"] for i in sorted(recorded) if recorded[i].get("row") is not None]
             if args.per_image and len(prior_rows) != len(recorded):
                 raise ValueError("cannot resume with --per-image: the recorded run did not keep per-image rows")
