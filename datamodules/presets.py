@@ -164,7 +164,11 @@ class BenchmarkPreset:
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> "BenchmarkPreset":
         """A benchmark from a dataset card's keys (``docs/datasets.md``), as a dict; ``name`` is its ``--data`` key.
-        ``data_root`` is optional: without it ``--data-root`` (or ``$PROXYCLIP_DATA/<name>``) supplies it."""
+
+        ``data_root`` is its default location: an absolute folder, or a sub-path of the data folder
+        (``$PROXYCLIP_DATA``, else ``data/``; ``--data-root`` for a run of several benchmarks) as the built-in
+        benchmarks' ``sub_path``; without it the sub-path is ``name``. A single-benchmark ``--data-root`` may also
+        point at the folder itself."""
         from .custom import DatasetCardError, custom_preset
 
         spec = dict(card)

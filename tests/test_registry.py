@@ -112,13 +112,18 @@ toyclip = "toy_method:SPEC"
 
 [project.entry-points."proxyclip_pl.benchmarks"]
 toybench = "toy_method:BENCH"
+toyfg = "toy_method:BENCH_FG"
 
 [tool.setuptools]
 py-modules = ["toy_method"]
 """
-TOY_CARD = {"name": "toybench", "img_dir": "img", "ann_dir": "ann", "classes": [["background", "sky"], "road", "car"],
-            "background": True, "short_side": 64, "crop_size": 48, "stride": 32, "prob_thd": 0.1}
-TOY_MODULE = f"TOY_CARD = {TOY_CARD!r}\n" + '''
+TOY_CARD = {"name": "toybench", "data_root": "toydata", "img_dir": "img", "ann_dir": "ann",
+            "classes": [["background", "sky"], "road", "car"], "background": True, "short_side": 64, "crop_size": 48,
+            "stride": 32, "prob_thd": 0.1}
+#: the same images without the background class (as VOC20 to VOC21): one shared encoder pass serves both
+TOY_CARD_FG = {**TOY_CARD, "name": "toyfg", "classes": ["road", "car"], "reduce_zero_label": True,
+               "background": False, "prob_thd": 0.0}
+TOY_MODULE = f"TOY_CARD = {TOY_CARD!r}\nTOY_CARD_FG = {TOY_CARD_FG!r}\n" + '''
 from datamodules import BenchmarkSpec
 from proxyclip_pl import MethodSpec
 from proxyclip_pl.model import MaskCLIP
@@ -130,6 +135,7 @@ class ToyCLIP(MaskCLIP):
 
 SPEC = MethodSpec("toyclip", ToyCLIP, description="a toy method from an installed distribution")
 BENCH = BenchmarkSpec.from_card(TOY_CARD)
+BENCH_FG = BenchmarkSpec.from_card(TOY_CARD_FG)
 '''
 
 
@@ -179,20 +185,27 @@ def test_installed_distribution_method_runs_like_a_builtin(tmp_path):
         for field in FIELDS:
             assert toy[field] == ref[field], (key, field)
 
-    # the installed benchmark (its data root from --data-root) equals the same dataset as a dataset card
+    # the installed benchmarks (relative data_root: a sub-folder of --data-root) in one shared pass, equal to the
+    # same datasets as dataset cards under the built-in method
     write_card_dataset(tmp_path / "toydata")
-    (tmp_path / "toydata" / "card.json").write_text(json.dumps({**TOY_CARD, "data_root": "."}))
+    for card in (TOY_CARD, TOY_CARD_FG):
+        (tmp_path / "toydata" / f"{card['name']}.json").write_text(json.dumps({**card, "data_root": "."}))
     common = ["--clip", str(write_tiny_clip_config(tmp_path)), "--accelerator", "cpu", "--num-workers", "0",
               "--text-cache-dir", str(tmp_path / "cache")]
-    toy = run(["--method", "toyclip", "--data", "toybench", "--data-root", str(tmp_path / "toydata"), *common,
+    toy = run(["--method", "toyclip", "--data", "toybench,toyfg", "--data-root", str(tmp_path), *common,
                "--output-dir", str(tmp_path / "toybench")], env, tmp_path)
-    card = run(["--method", "maskclip", "--data", str(tmp_path / "toydata" / "card.json"), *common,
-                "--output-dir", str(tmp_path / "card")], env, tmp_path)
+    cards = ",".join(str(tmp_path / "toydata" / f"{name}.json") for name in ("toybench", "toyfg"))
+    card = run(["--method", "maskclip", "--data", cards, *common, "--output-dir", str(tmp_path / "cards")], env,
+               tmp_path)
     assert toy.returncode == 0 and card.returncode == 0, toy.stderr[-3000:] + card.stderr[-3000:]
-    got, want = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("toybench", "card"))
-    assert got["dataset"] == "toybench" and got["config"]["protocol_settings"] == want["config"]["protocol_settings"]
-    for field in FIELDS:
-        assert got[field] == want[field], field
+    summary = json.loads((tmp_path / "toybench" / "summary.json").read_text())
+    assert summary["passes"] == [["toybench", "toyfg"]]
+    assert summary["windows_encoded"] == json.loads((tmp_path / "cards" / "summary.json").read_text())["windows_encoded"]
+    for key in ("toybench", "toyfg"):
+        got, want = (json.loads((tmp_path / d / key / "results.json").read_text()) for d in ("toybench", "cards"))
+        assert got["dataset"] == key and got["config"]["protocol_settings"] == want["config"]["protocol_settings"]
+        for field in FIELDS:
+            assert got[field] == want[field], (key, field)
 
 
 def write_card_dataset(root: Path, n: int = 3) -> None:
@@ -253,7 +266,7 @@ def test_run_time_benchmark_is_built_and_clashes_are_refused(tmp_path):
     from proxyclip_pl.native_protocols import proxyclip_protocol
 
     write_card_dataset(tmp_path)
-    spec = BenchmarkSpec.from_card({**TOY_CARD, "name": "mybench", "data_root": str(tmp_path)})
+    spec = BenchmarkSpec.from_card({**TOY_CARD, "name": "mybench", "data_root": str(tmp_path)})  # absolute
     register_benchmark(spec)
     try:
         assert benchmark_sources()["mybench"] == "run time" and BENCHMARKS["mybench"] is spec

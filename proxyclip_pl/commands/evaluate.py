@@ -36,8 +36,8 @@ from proxyclip_pl.commands.run_folder import (check_writable, default_output_dir
 from proxyclip_pl.console import note, phase, quiet_libraries
 from proxyclip_pl.native_protocols import EXTRA_DATASETS, PROTOCOL_NAMES
 from proxyclip_pl.registry import method_sources
-from proxyclip_pl.commands.jobs import (build_models, check_devices, data_keys, data_root_for, describe_model, is_card,
-                                        is_multi, make_job, registered, shared_passes, uses_vfm)
+from proxyclip_pl.commands.jobs import (build_models, check_devices, data_keys, data_root_for, describe_model,
+                                        folder_name, is_card, is_multi, make_job, registered, shared_passes, uses_vfm)
 from proxyclip_pl.commands.passes import evaluate_pass
 from proxyclip_pl.commands.run_record import check_resume_early
 from proxyclip_pl.commands.table import TABLE_ORDER, list_entries, publishes, table_row
@@ -118,6 +118,9 @@ def validate(args: argparse.Namespace) -> list[str]:
             data_root_for(key, args)  # a bad --data-root fails before anything is built
     if len(set(keys)) != len(keys) or not keys:
         raise ValueError(f"--data {args.data!r}: list each benchmark once")
+    if len({folder_name(key) for key in keys}) != len(keys):
+        raise ValueError(f"--data {args.data!r}: two dataset cards have the same file name; their results would share "
+                         "one folder (rename one)")
     if not registered(args.method) and (":" not in args.method or args.method.startswith(":")
                                         or args.method.endswith(":")):
         raise ValueError(f"unknown --method {args.method!r}; expected one of {', '.join(method_sources())} "
@@ -145,8 +148,9 @@ def validate(args: argparse.Namespace) -> list[str]:
 
 
 def output_dir_of(args: argparse.Namespace, key: str) -> Path:
-    """Where one benchmark's results go: OUTPUT_DIR, or OUTPUT_DIR/<key>/ when several benchmarks run."""
-    return Path(args.output_dir) / key if is_multi(args) else Path(args.output_dir)
+    """Where one benchmark's results go: OUTPUT_DIR, or OUTPUT_DIR/<key>/ (a card: its file stem) when several
+    benchmarks run."""
+    return Path(args.output_dir) / folder_name(key) if is_multi(args) else Path(args.output_dir)
 
 
 class RunInterrupted(KeyboardInterrupt):

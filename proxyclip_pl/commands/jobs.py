@@ -14,6 +14,11 @@ from proxyclip_pl.native_protocols import DATASETS, protocol_for, proxyclip_prot
 from proxyclip_pl.registry import method_sources
 
 
+def folder_name(key: str) -> str:
+    """A benchmark's sub-folder in a run of several: its key, or a dataset card's file stem (not its path)."""
+    return Path(key).stem if is_card(key) else key
+
+
 def is_card(key: str) -> bool:
     """``--data path/to/dataset.json``: a user dataset described by a dataset card."""
     return key.endswith(".json")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from proxyclip_pl.console import note
-from proxyclip_pl.commands.jobs import Job, is_card, is_multi, registered
+from proxyclip_pl.commands.jobs import Job, folder_name, is_card, is_multi, registered
 from proxyclip_pl.commands.run_record import configuration, fingerprint
 
 
@@ -49,7 +49,7 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
                 raise ValueError("cannot resume with --per-image: the recorded run did not keep per-image rows")
         metrics_file = job.out_dir / ".metrics.json"
         metrics_file.unlink(missing_ok=True)  # never read a previous run's numbers
-        show_dir = Path(args.show_dir) / job.key if args.show_dir and is_multi(args) else args.show_dir
+        show_dir = Path(args.show_dir) / folder_name(job.key) if args.show_dir and is_multi(args) else args.show_dir
         scores.append(BenchmarkScore(
             job.dm.class_names, job.num_samples,
             prediction_dir=job.out_dir / "predictions" if args.save_predictions else None, show_dir=show_dir,
