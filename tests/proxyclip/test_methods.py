@@ -1,7 +1,7 @@
 """SCLIP, NACLIP, ClearCLIP, MaskCLIP and CLIP as segmenters of the shared core; protocols; the plug-in path.
 
 Window logits are checked against direct, unbatched float64 transcriptions (the per-item references of
-tests/test_methods_math.py plus a hand-written stem, normalisation, padding and cosine logits), on a tiny
+tests/proxyclip/test_methods_math.py plus a hand-written stem, normalisation, padding and cosine logits), on a tiny
 random open_clip ViT.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,8 +49,8 @@ from test_methods_math import (
     ref_sclip_postprocess,
 )
 from tiny_models import tiny_clip, write_tiny_clip_config
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB = [["sky", "cloud"], ["cat"], ["dog", "puppy"], ["grass"]]
 TOL = 1e-10
 METHOD_CLASSES = {"sclip": SCLIP, "naclip": NACLIP, "clearclip": ClearCLIP}

@@ -12,8 +12,8 @@ from PIL import Image
 
 from proxyclip_pl.cli import run_cli
 from proxyclip_pl.commands import compare, miniature
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PER_IMAGE_HEADER = "id,pixels,pixel_acc,miou,classes\n"
 
 

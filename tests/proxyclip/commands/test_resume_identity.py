@@ -16,7 +16,7 @@ from PIL import Image
 
 from datamodules.synthetic import make_fake_benchmark, random_image
 from script_runs import run_test_script
-from tiny_models import TINY_CLIP_CONFIG, TINY_VFMS, tiny_vfm, write_tiny_clip_config, write_tiny_vfm_spec
+from tiny_models import TINY_CLIP_CONFIG, tiny_vfm, write_tiny_clip_config, write_tiny_vfm_spec
 
 pytestmark = pytest.mark.slow
 

@@ -31,12 +31,6 @@ PAIRS = ("voc21", "voc20", "coco_object", "coco_stuff")
 FIELDS = ("num_images", "mIoU", "aAcc", "mAcc", "per_class_iou", "per_class_acc")
 
 
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shared_towers")
-    return {"clip": str(write_tiny_clip_config(d)), "clip_weights": "random", "text_cache_dir": str(d / "cache"),
-            "vfm": str(write_tiny_vfm_spec(d)), "vfm_weights": "random"}
-
 
 def pair(method: str, towers: dict, keys=("voc21", "voc20"), protocol="native", **kwargs):
     if method != "proxyclip":

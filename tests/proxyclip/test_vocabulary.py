@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from proxyclip_pl.vocabulary import TEMPLATES, encode_text_embeddings, flatten_vocabulary, load_vocabulary, parse_vocabulary
+from paths import ROOT, SHARED
 
-VOCAB_DIR = Path(__file__).resolve().parents[1] / "datamodules" / "vocab"
+VOCAB_DIR = ROOT / "datamodules" / "vocab"
 #: Optional: the official query files, present only in the development environment (not in a clone of this
 #: repository); when the folder exists the project's files are also compared with them string for string.
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "vocab"
+SHARED = SHARED / "vocab"
 COUNTS = {
     "voc21": (21, 46), "voc20": (20, 20), "context60": (60, 60), "context59": (59, 59),
     "coco_object": (81, 97), "coco_stuff": (171, 171), "cityscapes": (19, 19), "ade20k": (150, 150),

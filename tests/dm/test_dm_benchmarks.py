@@ -14,7 +14,7 @@ from datamodules import (BENCHMARKS, DATAMODULES, MAIN_BENCHMARKS, DataFileError
                          SegmentationDataModule, build_datamodule, read_label)
 from datamodules.synthetic import make_fake_benchmark
 
-ALL = list(MAIN_BENCHMARKS)  # the eight; ADE-847 / PC-459: tests/test_dm_large_vocab.py
+ALL = list(MAIN_BENCHMARKS)  # the eight; ADE-847 / PC-459: tests/dm/test_dm_large_vocab.py
 N = 5
 
 # Expected settings, restated from docs/dataset_notes.md ('Summary') and docs/method_notes.md ('Per-dataset settings').

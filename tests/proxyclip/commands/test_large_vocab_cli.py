@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,9 @@ from datamodules import BENCHMARKS, build_datamodule
 from datamodules.synthetic import make_fake_benchmark
 from references import mmseg_metrics
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+from paths import ROOT
 
 pytestmark = pytest.mark.slow  # every test runs scripts/test.py in a subprocess
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 
 

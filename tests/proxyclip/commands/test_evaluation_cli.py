@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,9 @@ from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl.native_protocols import DATASETS
 from references import mmseg_metrics
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+from paths import ROOT
 
 pytestmark = pytest.mark.slow  # every test runs scripts/test.py in a subprocess
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 SIZES = ((60, 80), (50, 70), (90, 40))
 TABLE_ORDER = list(DATASETS)  # the paper's Table 1 order, as scripts/test.py --data all runs it

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 #: console script -> (its module in proxyclip_pl.commands, its launcher in scripts/)
 PROGRAMS = {
     "proxyclip-test": ("evaluate", "test.py"),

@@ -22,8 +22,9 @@ from datamodules.rle import decode_rle, rle_string_to_counts
 from datamodules.synthetic import random_image, save_image, save_label, voc_palette  # noqa: F401
 from proxyclip_pl.cli import run_cli
 from proxyclip_pl.commands import prepare as prepare_data
+from paths import ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = ROOT
 
 
 def _run_prepare_cli(argv, capsys) -> tuple[int, str]:

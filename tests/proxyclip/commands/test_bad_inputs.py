@@ -30,8 +30,8 @@ from proxyclip_pl.commands import segment
 from proxyclip_pl.cli import run_cli
 from proxyclip_pl.vocabulary import flatten_vocabulary, load_vocabulary
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = ROOT.parent / "shared" / "testimages"
 VOCAB_DIR = ROOT / "datamodules" / "vocab"
 

@@ -19,8 +19,8 @@ from proxyclip_pl.commands.evaluate import parse_args
 from proxyclip_pl.commands.run_record import tower_identities
 from proxyclip_pl.text_cache import cached_text_embeddings
 from tiny_models import tiny_clip, write_tiny_clip_config, write_tiny_vfm_spec
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 #: lines of library noise a user cannot act on (issue: the first hour of a user)
 NOISE = ("GPU available", "TPU available", "Tip:", "litlogger", "_pytree", "WARNING:root", "initialized randomly",

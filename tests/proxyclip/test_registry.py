@@ -22,18 +22,12 @@ from proxyclip_pl.model import MaskCLIP
 from proxyclip_pl.native_protocols import DATASETS, PROXYCLIP_PROTOCOLS, protocol_for
 from proxyclip_pl.registry import BUILTIN_METHOD_SPECS, TOWERS, method_sources, method_spec, unregister_method
 from proxyclip_pl.vfm import VFM_RECIPES
+from paths import ROOT
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 FIELDS = ("num_images", "mIoU", "aAcc", "mAcc", "per_class_iou", "per_class_acc")
 
-
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory):
-    d = tmp_path_factory.mktemp("registry_towers")
-    return {"clip": str(write_tiny_clip_config(d)), "clip_weights": "random", "text_cache_dir": str(d / "cache"),
-            "vfm": str(write_tiny_vfm_spec(d)), "vfm_weights": "random"}
 
 
 # ------------------------------------------------------------------------------ the battery, per registered method

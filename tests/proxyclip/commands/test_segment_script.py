@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from datamodules.io import read_image
 from proxyclip_pl import build_proxyclip
 from proxyclip_pl.commands import segment
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "segment.py"
 HORSES = ROOT.parent / "shared" / "testimages" / "horses.png"
 

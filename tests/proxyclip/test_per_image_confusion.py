@@ -11,9 +11,9 @@ import pytest
 
 from datamodules.synthetic import make_fake_benchmark
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+from paths import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]  # the module fixture runs scripts/test.py with --devices 1 and 2
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test.py"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +16,12 @@ import torch
 from datamodules.synthetic import make_fake_benchmark
 from proxyclip_pl import build_proxyclip
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+from paths import ROOT
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB = [["sky", "cloud"], ["cat"], ["dog", "puppy"], ["grass"]]
 
 
