@@ -19,6 +19,7 @@ bilinear to (H0, W0) -> PAMR guided by the normalised image resized bilinearly t
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 from typing import Callable, Sequence
 
@@ -147,6 +148,20 @@ class Segmenter(nn.Module):
         self.register_buffer("text_embeddings", unit, persistent=False)
 
     # ------------------------------------------------------------------------------------ settings
+    @classmethod
+    def default_geometry(cls) -> dict[str, int]:
+        """The constructor's defaults for ``short_side``, ``slide_crop`` and ``slide_stride`` (the nearest class that
+        states them): the method's own setting for an image that belongs to no benchmark."""
+        found: dict[str, int] = {}
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for name, param in inspect.signature(init).parameters.items():
+                if name in ("short_side", "slide_crop", "slide_stride") and param.default is not param.empty:
+                    found.setdefault(name, int(param.default))
+        return found
+
     @property
     def num_classes(self) -> int:
         return len(self.vocabulary)

@@ -6,8 +6,8 @@
 
 ``python scripts/segment.py ...`` runs the same. ``--method``: proxyclip (default), maskclip, clip, sclip,
 naclip, clearclip or ``module:factory`` (called as ``factory(vocabulary=..., protocol=...)``, see
-proxyclip-test). Windows: --short-side/--crop/--stride (default 336/336/112 for proxyclip, maskclip and
-clip, 336/224/112 otherwise; --crop 0 = whole image).
+proxyclip-test). Windows: --short-side/--crop/--stride (default: the method's own constructor defaults,
+336/336/112 for proxyclip, maskclip and clip, 336/224/112 for the others; --crop 0 = whole image).
 
 Class ids: with --background, 0 is the background and the --classes follow from 1; without it the
 --classes are 0..N-1. Synonyms are separated by '; '.
@@ -45,12 +45,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prob-thd", type=float, default=0.0, help="pixels below this probability become background")
     p.add_argument("--out", required=True, help="overlay PNG with a legend (class colours at 60 %%)")
     p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
-    p.add_argument("--method", default="proxyclip", help="a registered method (proxyclip, maskclip, clip, sclip, naclip, clearclip, installed ones: "
+    p.add_argument("--method", default="proxyclip",
+                   help="a registered method (proxyclip, maskclip, clip, sclip, naclip, clearclip, installed ones: "
                    "proxyclip-test --list) or module:factory")
-    p.add_argument("--short-side", type=int, default=None, help="default 336")
+    p.add_argument("--short-side", type=int, default=None, help="default: the method's (336)")
     p.add_argument("--crop", type=int, default=None,
-                   help="window side (official slide_crop): default 336 (proxyclip, maskclip, clip) or 224; 0: whole image")
-    p.add_argument("--stride", type=int, default=None, help="default 112")
+                   help="window side (official slide_crop): default the method's, 336 (proxyclip, maskclip, clip) or "
+                   "224; 0: whole image")
+    p.add_argument("--stride", type=int, default=None, help="default: the method's (112)")
     p.add_argument("--logit-scale", type=float, default=40.0)
     p.add_argument("--area-thd", type=float, default=None, help="SCLIP's foreground-area filter (default: off)")
     p.add_argument("--pamr-steps", type=int, default=0, help="PAMR steps (default: off)")
@@ -87,10 +89,12 @@ def check_output(path: str, flag: str) -> None:
 
 def build_model(args: argparse.Namespace, vocabulary):
     """The segmenter of ``--method`` with the window / threshold flags."""
-    own = args.method in ("proxyclip", "maskclip", "clip")
-    short_side = args.short_side or 336
-    window_size = args.crop if args.crop is not None else (336 if own else 224)
-    stride = args.stride or 112
+    # the method's own constructor defaults (plug-ins: the core's)
+    segmenter = method_spec(args.method).segmenter if args.method in method_sources() else proxyclip_pl.Segmenter
+    geometry = segmenter.default_geometry()
+    short_side = args.short_side or geometry["short_side"]
+    window_size = args.crop if args.crop is not None else geometry["slide_crop"]
+    stride = args.stride or geometry["slide_stride"]
     if args.method == "proxyclip":
         return proxyclip_pl.build_proxyclip(
             vocabulary, prob_thd=args.prob_thd, short_side=short_side, slide_crop=window_size, slide_stride=stride,

@@ -36,6 +36,8 @@ def test_spec_is_consistent(name):
     spec = method_spec(name)
     assert spec.name == name and issubclass(spec.segmenter, Segmenter)
     assert spec.towers[0] == "clip" and set(spec.towers) <= set(TOWERS)
+    geometry = spec.segmenter.default_geometry()  # proxyclip-segment's defaults for an image of no benchmark
+    assert set(geometry) == {"short_side", "slide_crop", "slide_stride"} and geometry["short_side"] > 0
     assert set(spec.protocols or {}) <= set(PROXYCLIP_PROTOCOLS) and set(spec.published or {}) <= set(DATASETS)
     for key in DATASETS:  # the native protocol is the spec's row, ProxyCLIP's where it has none
         assert protocol_for(name, key, "native") == (spec.protocols or {}).get(key, PROXYCLIP_PROTOCOLS[key])
