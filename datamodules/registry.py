@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -23,9 +23,25 @@ BENCHMARKS_GROUP = "proxyclip_pl.benchmarks"
 BUILTIN = "built-in"
 
 
-def _distribution(ep: metadata.EntryPoint) -> str:
+def distribution_name(ep: metadata.EntryPoint) -> str:
+    """The name of the installed distribution that declares ``ep``."""
     dist = getattr(ep, "dist", None)
     return dist.name if dist is not None else "an installed distribution"
+
+
+def discover(group: str, builtin: Collection[str], what: str) -> dict[str, metadata.EntryPoint]:
+    """The entry points of ``group`` by name (nothing loaded). A name that clashes with a built-in ``what`` or is
+    declared by two distributions is a ``ValueError`` naming both sources."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=group):
+        if ep.name in builtin:
+            raise ValueError(f"{what} {ep.name!r} of the distribution {distribution_name(ep)!r} clashes with the "
+                             f"built-in {what} {ep.name!r}; rename its entry point in {group}")
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise ValueError(f"{what} {ep.name!r} is declared by the distributions "
+                             f"{distribution_name(found[ep.name])!r} and {distribution_name(ep)!r}; uninstall one")
+        found[ep.name] = ep
+    return found
 
 
 class BenchmarkRegistry(Mapping):
@@ -37,21 +53,12 @@ class BenchmarkRegistry(Mapping):
         self._loaded: dict[str, BenchmarkPreset] = {}
 
     def _entry_points(self) -> dict[str, metadata.EntryPoint]:
-        found: dict[str, metadata.EntryPoint] = {}
-        for ep in metadata.entry_points(group=BENCHMARKS_GROUP):
-            if ep.name in self._builtin:
-                raise ValueError(f"benchmark {ep.name!r} of the distribution {_distribution(ep)!r} clashes with the "
-                                 f"built-in benchmark {ep.name!r}; rename its entry point in {BENCHMARKS_GROUP}")
-            if ep.name in found and found[ep.name].value != ep.value:
-                raise ValueError(f"benchmark {ep.name!r} is declared by the distributions "
-                                 f"{_distribution(found[ep.name])!r} and {_distribution(ep)!r}; uninstall one")
-            found[ep.name] = ep
-        return found
+        return discover(BENCHMARKS_GROUP, self._builtin, "benchmark")
 
     def sources(self) -> dict[str, str]:
         """Key -> ``built-in``, the distribution's name or ``run time`` (loads nothing)."""
         sources = dict.fromkeys(self._builtin, BUILTIN)
-        sources.update({key: _distribution(ep) for key, ep in self._entry_points().items()})
+        sources.update({key: distribution_name(ep) for key, ep in self._entry_points().items()})
         sources.update(dict.fromkeys(self._runtime, "run time"))
         return sources
 
@@ -75,7 +82,7 @@ class BenchmarkRegistry(Mapping):
                 raise KeyError(key)
             ep = installed[key]
             module, _, attr = ep.value.partition(":")
-            what = f"benchmark {key!r} of {_distribution(ep)!r}"
+            what = f"benchmark {key!r} of {distribution_name(ep)!r}"
             try:
                 spec = getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as exc:

@@ -18,6 +18,8 @@ from importlib import metadata
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
+from datamodules.registry import discover, distribution_name
+
 if TYPE_CHECKING:
     from .native_protocols import Protocol
 
@@ -86,22 +88,7 @@ _LOADED: dict[str, MethodSpec] = {}
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     """Installed methods by name; a name that clashes with a built-in or with another distribution is an error."""
-    found: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=METHODS_GROUP):
-        origin = _distribution(ep)
-        if ep.name in BUILTIN_METHOD_SPECS:
-            raise ValueError(f"method {ep.name!r} of the distribution {origin!r} clashes with the built-in method "
-                             f"{ep.name!r}; rename its entry point in the group {METHODS_GROUP}")
-        if ep.name in found and found[ep.name].value != ep.value:
-            raise ValueError(f"method {ep.name!r} is declared by the distributions {_distribution(found[ep.name])!r} "
-                             f"and {origin!r}; uninstall one of them")
-        found[ep.name] = ep
-    return found
-
-
-def _distribution(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.name if dist is not None else "an installed distribution"
+    return discover(METHODS_GROUP, BUILTIN_METHOD_SPECS, "method")
 
 
 def _load(address: str, what: str) -> Any:
@@ -116,7 +103,7 @@ def method_sources() -> dict[str, str]:
     """Every method name -> where it comes from (``built-in``, a distribution's name, or ``run time``).
     Loads nothing: costs no torch import."""
     sources = dict.fromkeys(BUILTIN_METHOD_SPECS, BUILTIN)
-    sources.update({name: _distribution(ep) for name, ep in _entry_points().items()})
+    sources.update({name: distribution_name(ep) for name, ep in _entry_points().items()})
     sources.update(dict.fromkeys(_RUNTIME, "run time"))
     return sources
 
@@ -133,7 +120,7 @@ def method_spec(name: str) -> MethodSpec:
             if name not in installed:
                 raise ValueError(f"unknown method {name!r}; expected one of {', '.join(method_sources())} "
                                  "(proxyclip-test --list) or module:factory")
-            address, what = installed[name].value, f"method {name!r} of {_distribution(installed[name])!r}"
+            address, what = installed[name].value, f"method {name!r} of {distribution_name(installed[name])!r}"
         spec = _load(address, what)
         if not isinstance(spec, MethodSpec):
             raise ValueError(f"{what}: {address} is a {type(spec).__name__}, not a proxyclip_pl.MethodSpec")
