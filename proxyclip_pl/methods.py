@@ -13,6 +13,7 @@ Everything else (text embeddings, windows or whole image with ``slide_crop=0``, 
 """
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Sequence
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from .correlative_attention import sclip_embeddings
 from .method_positional import official_tokens_before_last_block
-from .native_protocols import METHODS, NATIVE_PROTOCOLS, OFFICIAL_MEAN, OFFICIAL_STD, REPORTED_MIOU
+from .native_protocols import OFFICIAL_MEAN, OFFICIAL_STD, Protocol
 from .registry import MethodSpec
 from .neighbourhood_attention import GAUSSIAN_STD, naclip_embeddings
 from .segmenter import Segmenter
@@ -97,14 +98,70 @@ class ClearCLIP(_OfficialCLIPMethod):
         return clearclip_embeddings(self.clip.visual, tokens, grid), grid
 
 
-def _spec(name: str, segmenter: type, description: str) -> MethodSpec:
-    info, reported = METHODS[name], REPORTED_MIOU[name]
-    return MethodSpec(name, segmenter, protocols=NATIVE_PROTOCOLS[name], published=reported.miou,
-                      source=f"{info.repository}@{info.commit[:7]}; published: {reported.source}",
-                      description=description)
+def _sclip(short_side: int, logit_scale: float = 40.0, prob_thd: float = 0.0,
+           area_thd: float | None = None) -> Protocol:
+    # CLIPForSegmentation defaults: slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0, area_thd=None,
+    # pamr_steps=0
+    return Protocol(short_side, 2048, 224, 112, logit_scale, prob_thd, area_thd, 0)
 
 
-#: The registry entries of this module's methods (:data:`proxyclip_pl.registry.BUILTIN_METHOD_SPECS`).
-SCLIP_SPEC = _spec("sclip", SCLIP, "correlative self-attention in CLIP's last block")
-NACLIP_SPEC = _spec("naclip", NACLIP, "neighbourhood-biased k-k attention, reduced last block, PAMR")
-CLEARCLIP_SPEC = _spec("clearclip", ClearCLIP, "q-q attention without residual and MLP")
+def _naclip(short_side: int, prob_thd: float = 0.0, slide_crop: int = 224) -> Protocol:
+    # NACLIP defaults: slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0; PAMR on -> 10 steps
+    return Protocol(short_side, 2048, slide_crop, 112, 40.0, prob_thd, None, 10)
+
+
+def _clearclip(prob_thd: float = 0.0, slide_crop: int = 448) -> Protocol:
+    # ClearCLIPSegmentation defaults: slide_crop=448, slide_stride=224, logit_scale=50, prob_thd=0; resize 448
+    return Protocol(448, 2048, slide_crop, 224, 50.0, prob_thd, None, 0)
+
+
+#: The registry entries of this module's methods (:data:`proxyclip_pl.registry.BUILTIN_METHOD_SPECS`): native
+#: protocols from the official ``configs/cfg_<dataset>.py`` on each segmentor's constructor defaults, published
+#: numbers from each repository (:data:`~proxyclip_pl.native_protocols.METHODS` holds the files read).
+SCLIP_SPEC = MethodSpec(
+    "sclip", SCLIP,
+    protocols=MappingProxyType({
+        "voc21": _sclip(336, logit_scale=65.0, prob_thd=0.1, area_thd=0.1),
+        "context60": _sclip(336, logit_scale=50.0, prob_thd=0.1),
+        "coco_object": _sclip(336, logit_scale=50.0, prob_thd=0.1),
+        "voc20": _sclip(336), "context59": _sclip(336), "coco_stuff": _sclip(448), "cityscapes": _sclip(560),
+        "ade20k": _sclip(336),
+    }),
+    published=MappingProxyType({
+        "voc21": 59.63, "context60": 31.74, "coco_object": 33.52, "voc20": 81.54,
+        "context59": 34.46, "coco_stuff": 22.77, "cityscapes": 32.34, "ade20k": 16.45,
+    }),
+    source="wangf3014/SCLIP@b56bd30; published: README.md, 'Results' table (default setup of the repository)",
+    description="correlative self-attention in CLIP's last block",
+)
+NACLIP_SPEC = MethodSpec(
+    "naclip", NACLIP,
+    protocols=MappingProxyType({
+        "voc21": _naclip(336, prob_thd=0.1, slide_crop=0), "context60": _naclip(336, prob_thd=0.1),
+        "coco_object": _naclip(336, prob_thd=0.1), "voc20": _naclip(336, slide_crop=0), "context59": _naclip(336),
+        "coco_stuff": _naclip(336), "cityscapes": _naclip(560), "ade20k": _naclip(336),
+    }),
+    published=MappingProxyType({
+        "voc21": 64.07, "context60": 34.99, "coco_object": 36.19, "voc20": 83.03,
+        "context59": 38.35, "coco_stuff": 25.69, "cityscapes": 38.27, "ade20k": 19.05,
+    }),
+    source="sinahmr/NACLIP@0cac3a6; published: README.md, 'Results' table (default setup, PAMR on; paper v2 / "
+    "WACV 2025 code)",
+    description="neighbourhood-biased k-k attention, reduced last block, PAMR",
+)
+CLEARCLIP_SPEC = MethodSpec(
+    "clearclip", ClearCLIP,
+    protocols=MappingProxyType({
+        "voc21": _clearclip(prob_thd=0.5), "context60": _clearclip(prob_thd=0.15),
+        "coco_object": _clearclip(prob_thd=0.4),
+        "voc20": _clearclip(), "context59": _clearclip(), "coco_stuff": _clearclip(),
+        "cityscapes": _clearclip(slide_crop=224), "ade20k": _clearclip(),
+    }),
+    published=MappingProxyType({
+        "voc21": None, "context60": None, "coco_object": None, "voc20": 80.9,
+        "context59": 35.9, "coco_stuff": 23.9, "cityscapes": 30.0, "ade20k": 16.7,
+    }),
+    source="mc-lan/ClearCLIP@ad68a40; published: assets/results.png (paper Table 2, 'CLIP +ClearCLIP', ViT-B); the "
+    "three benchmarks with background are not in the repository",
+    description="q-q attention without residual and MLP",
+)

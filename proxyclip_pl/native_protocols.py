@@ -1,6 +1,8 @@
-"""Native per-dataset test protocols of SCLIP, NACLIP and ClearCLIP, as data.
+"""Test protocols as data: :class:`Protocol`, ProxyCLIP's rows (from the benchmark presets), the baselines'
+provenance (:data:`METHODS`) and :func:`protocol_for`. The native rows of SCLIP, NACLIP and ClearCLIP live beside
+their classes (``proxyclip_pl.methods``, their specs' ``protocols``; read here as ``NATIVE_PROTOCOLS``).
 
-Every value comes from the official repositories (snapshot commits in :data:`METHODS`):
+Every native value comes from the official repositories (snapshot commits in :data:`METHODS`):
 
 * the ``Resize(scale=(2048, S), keep_ratio=True)`` step of ``configs/cfg_<dataset>.py`` gives the short side S
   and the long-side cap 2048 (mmcv: ``scale = min(2048 / long, S / short)``);
@@ -201,56 +203,6 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType({
 })
 
 
-def _sclip(short_side: int, logit_scale: float = 40.0, prob_thd: float = 0.0, area_thd: float | None = None) -> Protocol:
-    # CLIPForSegmentation defaults: slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0, area_thd=None,
-    # pamr_steps=0
-    return Protocol(short_side, 2048, 224, 112, logit_scale, prob_thd, area_thd, 0)
-
-
-def _naclip(short_side: int, prob_thd: float = 0.0, slide_crop: int = 224) -> Protocol:
-    # NACLIP defaults: slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0; PAMR on -> 10 steps
-    return Protocol(short_side, 2048, slide_crop, 112, 40.0, prob_thd, None, 10)
-
-
-def _clearclip(prob_thd: float = 0.0, slide_crop: int = 448) -> Protocol:
-    # ClearCLIPSegmentation defaults: slide_crop=448, slide_stride=224, logit_scale=50, prob_thd=0; resize 448
-    return Protocol(448, 2048, slide_crop, 224, 50.0, prob_thd, None, 0)
-
-
-NATIVE_PROTOCOLS: Mapping[str, Mapping[str, Protocol]] = MappingProxyType({
-    "sclip": MappingProxyType({
-        "voc21": _sclip(336, logit_scale=65.0, prob_thd=0.1, area_thd=0.1),
-        "context60": _sclip(336, logit_scale=50.0, prob_thd=0.1),
-        "coco_object": _sclip(336, logit_scale=50.0, prob_thd=0.1),
-        "voc20": _sclip(336),
-        "context59": _sclip(336),
-        "coco_stuff": _sclip(448),
-        "cityscapes": _sclip(560),
-        "ade20k": _sclip(336),
-    }),
-    "naclip": MappingProxyType({
-        "voc21": _naclip(336, prob_thd=0.1, slide_crop=0),
-        "context60": _naclip(336, prob_thd=0.1),
-        "coco_object": _naclip(336, prob_thd=0.1),
-        "voc20": _naclip(336, slide_crop=0),
-        "context59": _naclip(336),
-        "coco_stuff": _naclip(336),
-        "cityscapes": _naclip(560),
-        "ade20k": _naclip(336),
-    }),
-    "clearclip": MappingProxyType({
-        "voc21": _clearclip(prob_thd=0.5),
-        "context60": _clearclip(prob_thd=0.15),
-        "coco_object": _clearclip(prob_thd=0.4),
-        "voc20": _clearclip(),
-        "context59": _clearclip(),
-        "coco_stuff": _clearclip(),
-        "cityscapes": _clearclip(slide_crop=224),
-        "ade20k": _clearclip(),
-    }),
-})
-
-
 @dataclass(frozen=True)
 class ReportedResults:
     """Published mIoU (%) of a method with CLIP ViT-B/16 (OpenAI weights); ``None`` where not in the source."""
@@ -259,30 +211,19 @@ class ReportedResults:
     miou: Mapping[str, float | None]
 
 
-REPORTED_MIOU: Mapping[str, ReportedResults] = MappingProxyType({
-    "sclip": ReportedResults(
-        source="wangf3014/SCLIP README.md, 'Results' table (default setup of the repository)",
-        miou=MappingProxyType({
-            "voc21": 59.63, "context60": 31.74, "coco_object": 33.52, "voc20": 81.54,
-            "context59": 34.46, "coco_stuff": 22.77, "cityscapes": 32.34, "ade20k": 16.45,
-        }),
-    ),
-    "naclip": ReportedResults(
-        source="sinahmr/NACLIP README.md, 'Results' table (default setup, PAMR on; paper v2 / WACV 2025 code)",
-        miou=MappingProxyType({
-            "voc21": 64.07, "context60": 34.99, "coco_object": 36.19, "voc20": 83.03,
-            "context59": 38.35, "coco_stuff": 25.69, "cityscapes": 38.27, "ade20k": 19.05,
-        }),
-    ),
-    "clearclip": ReportedResults(
-        source="mc-lan/ClearCLIP assets/results.png (paper Table 2, 'CLIP +ClearCLIP', ViT-B); the three "
-        "benchmarks with background are not in the repository",
-        miou=MappingProxyType({
-            "voc21": None, "context60": None, "coco_object": None, "voc20": 80.9,
-            "context59": 35.9, "coco_stuff": 23.9, "cityscapes": 30.0, "ade20k": 16.7,
-        }),
-    ),
-})
+def __getattr__(name: str) -> object:
+    """``NATIVE_PROTOCOLS`` (method -> dataset -> Protocol) and ``REPORTED_MIOU`` (method -> ReportedResults),
+    derived from the built-in methods' specs (:mod:`proxyclip_pl.registry`), where the rows live beside their
+    classes."""
+    if name not in ("NATIVE_PROTOCOLS", "REPORTED_MIOU"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .registry import method_spec
+
+    specs = [method_spec(method) for method in BUILTIN_METHOD_SPECS]
+    if name == "NATIVE_PROTOCOLS":
+        return MappingProxyType({spec.name: spec.protocols for spec in specs if spec.protocols})
+    return MappingProxyType({spec.name: ReportedResults(spec.source, spec.published) for spec in specs
+                             if spec.published})
 
 
 def proxyclip_protocol_of(preset: BenchmarkPreset) -> Protocol:
@@ -322,12 +263,9 @@ def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protoco
     if protocol not in PROTOCOL_NAMES:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOL_NAMES)}")
     if protocol == "native":
-        if method in NATIVE_PROTOCOLS:  # the built-in rows above (torch-free)
-            rows = NATIVE_PROTOCOLS[method]
-        else:
-            from .registry import method_sources, method_spec
+        from .registry import method_sources, method_spec
 
-            rows = method_spec(method).protocols if method in method_sources() else None
+        rows = method_spec(method).protocols if method in method_sources() else None
         if rows and dataset in rows:
             return rows[dataset]
     return proxyclip_protocol(dataset)
