@@ -112,7 +112,8 @@ def validate(args: argparse.Namespace) -> list[str]:
             if not root.is_dir():
                 raise FileNotFoundError(f"--data {key}: its data_root {root} does not exist")
         elif key not in BENCHMARKS:
-            raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(BENCHMARKS)}, "
+            known = [*TABLE_ORDER, *(k for k in BENCHMARKS if k not in TABLE_ORDER)]  # the table's order first
+            raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(known)}, "
                              "'all', a dataset card (.json) or a comma-separated list")
         else:
             data_root_for(key, args)  # a bad --data-root fails before anything is built
