@@ -220,8 +220,7 @@ class SAMRecipe(VFMRecipe):
 #: kind -> recipe, in the order a model's configuration is matched (:func:`recipe_of`; DINO last: the default).
 VFM_RECIPES: Mapping[str, VFMRecipe] = MappingProxyType(
     {r.kind: r for r in (SAMRecipe(), DinoV2Recipe(), MAERecipe(), DinoRecipe())})
-VFM_KINDS = ("dino", "dinov2", "sam", "mae")
-assert set(VFM_KINDS) == set(VFM_RECIPES)
+VFM_KINDS = tuple(VFM_RECIPES)
 
 
 def vfm_recipe(kind: str) -> VFMRecipe:
