@@ -21,7 +21,7 @@ from torch import nn
 
 from .correlative_attention import sclip_embeddings
 from .method_positional import official_tokens_before_last_block
-from .native_protocols import OFFICIAL_MEAN, OFFICIAL_STD, Protocol
+from .native_protocols import OFFICIAL_MEAN, OFFICIAL_STD, MethodInfo, Protocol
 from .registry import MethodSpec
 from .neighbourhood_attention import GAUSSIAN_STD, naclip_embeddings
 from .segmenter import Segmenter
@@ -98,6 +98,88 @@ class ClearCLIP(_OfficialCLIPMethod):
         return clearclip_embeddings(self.clip.visual, tokens, grid), grid
 
 
+#: Provenance of each method: the official repository and commit, the files read, and every difference from
+#: this package's ProxyCLIP.
+_COMMON_DIFFERENCES = (
+    "input normalisation: mean/std (122.771, 116.746, 104.094)/(68.501, 66.632, 70.323) on 0-255 RGB, i.e. "
+    "CLIP's constants rounded to 3 decimals after x255 (ProxyCLIP here: the unrounded CLIP constants; relative "
+    "difference < 1e-5)",
+    "positional embedding: same bicubic +0.1 scale-factor rule as ProxyCLIP, but skipped whenever gh*gw equals "
+    "the table's patch count even for a non-square grid, and computed in the model dtype "
+    "(proxyclip_pl.method_positional.official_pos_embed)",
+    "no VFM: the last CLIP block itself is modified; features on the CLIP grid (stride 16)",
+)
+
+#: What NACLIP inherits from SCLIP's code base: input normalisation, class-name files, PAMR, no window padding.
+_SCLIP_LINEAGE = dict(
+    mean=OFFICIAL_MEAN,
+    std=OFFICIAL_STD,
+    synonym_separator=", ",
+    pamr_dilations=(8, 16),
+    window_padding="none: the conv floors the grid and the logits are stretched bilinearly over the window",
+)
+
+SCLIP_INFO = MethodInfo(
+    repository="wangf3014/SCLIP",
+    commit="b56bd3014b9e8a3ee3450bcfc53700a67d627b7a",
+    files=("clip/model.py", "clip_segmentor.py", "pamr.py", "configs/base_config.py", "configs/cfg_*.py",
+           "configs/cls_*.txt"),
+    **_SCLIP_LINEAGE,
+    precision="fp16 (OpenAI clip.load on CUDA)",
+    differences_from_proxyclip=_COMMON_DIFFERENCES + (
+        "last block: correlative self-attention, residuals and MLP kept",
+        "windows 224/112 instead of 336/112; test short side 336 (coco_stuff 448, cityscapes 560)",
+        "logit scale 40 except voc21 65, context60/coco_object 50",
+        "prob_thd 0.1 on voc21/context60/coco_object (ProxyCLIP 0.2/0.15/0.25)",
+        "area_thd 0.1 on voc21 (foreground classes covering <= 10% of the predicted foreground are dropped)",
+        "class-name files split on ', ' (ProxyCLIP's: '; '); different synonym lists, e.g. a 26-name "
+        "background line also for coco_object (read under --protocol native)",
+    ),
+)
+
+
+NACLIP_INFO = MethodInfo(
+    repository="sinahmr/NACLIP",
+    commit="0cac3a651f753b11315ea799cfbfabf79da1bd76",
+    files=("clip/model.py", "naclip.py", "pamr.py", "eval.py", "test_all.sh", "configs/base_config.py",
+           "configs/cfg_*.py", "configs/cls_*.txt"),
+    **_SCLIP_LINEAGE,
+    precision="fp16 (OpenAI clip.load on CUDA); PAMR affinities in fp32",
+    differences_from_proxyclip=_COMMON_DIFFERENCES + (
+        "last block: k-k attention plus a Gaussian neighbourhood bias (std 5), no residual, no MLP",
+        "voc21/voc20: whole image, no sliding window; elsewhere windows 224/112",
+        "test short side 336 everywhere except cityscapes 560",
+        "PAMR (10 steps, dilations 8 and 16) on the raw logits at the original size",
+        "prob_thd 0.1 on voc21/context60/coco_object",
+        "class-name files split on ', ' (ProxyCLIP's: '; '); SCLIP's files (read under --protocol native)",
+    ),
+)
+
+
+CLEARCLIP_INFO = MethodInfo(
+    repository="mc-lan/ClearCLIP",
+    commit="ad68a404d55d48d27330b93554eb64a234ff717f",
+    files=("open_clip/transformer.py", "open_clip/model.py", "clearclip_segmentor.py", "configs/base_config.py",
+           "configs/cfg_*.py", "configs/cls_*.txt", "demo.py"),
+    mean=OFFICIAL_MEAN,
+    std=OFFICIAL_STD,
+    synonym_separator=",",
+    pamr_dilations=(),
+    precision="fp16 (open_clip precision='fp16', inputs .half())",
+    window_padding="zero padding in normalised space (= mean colour) up to a multiple of the patch size, "
+    "split left/top = total // 2; the logits are cropped back",
+    differences_from_proxyclip=_COMMON_DIFFERENCES + (
+        "last block: q-q attention, no residual, no MLP",
+        "windows 448/224 (cityscapes 224/224: no overlap); test short side 448 everywhere",
+        "logit scale 50",
+        "prob_thd 0.5 voc21, 0.15 context60, 0.4 coco_object",
+        "class-name files: one name per class, no synonyms (split on ',' but no line has one); "
+        "VOC21/Context60/COCO-Object background is the single word 'background'",
+        "configs/base_config.py ships model_type='vanilla'; ClearCLIP needs model_type='ClearCLIP'",
+    ),
+)
+
+
 def _sclip(short_side: int, logit_scale: float = 40.0, prob_thd: float = 0.0,
            area_thd: float | None = None) -> Protocol:
     # CLIPForSegmentation defaults: slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0, area_thd=None,
@@ -117,7 +199,7 @@ def _clearclip(prob_thd: float = 0.0, slide_crop: int = 448) -> Protocol:
 
 #: The registry entries of this module's methods (:data:`proxyclip_pl.registry.BUILTIN_METHOD_SPECS`): native
 #: protocols from the official ``configs/cfg_<dataset>.py`` on each segmentor's constructor defaults, published
-#: numbers from each repository (:data:`~proxyclip_pl.native_protocols.METHODS` holds the files read).
+#: numbers from each repository, provenance (``*_INFO``: the files read).
 SCLIP_SPEC = MethodSpec(
     "sclip", SCLIP,
     protocols=MappingProxyType({
@@ -131,6 +213,7 @@ SCLIP_SPEC = MethodSpec(
         "voc21": 59.63, "context60": 31.74, "coco_object": 33.52, "voc20": 81.54,
         "context59": 34.46, "coco_stuff": 22.77, "cityscapes": 32.34, "ade20k": 16.45,
     }),
+    info=SCLIP_INFO,
     source="wangf3014/SCLIP@b56bd30; published: README.md, 'Results' table (default setup of the repository)",
     description="correlative self-attention in CLIP's last block",
 )
@@ -145,6 +228,7 @@ NACLIP_SPEC = MethodSpec(
         "voc21": 64.07, "context60": 34.99, "coco_object": 36.19, "voc20": 83.03,
         "context59": 38.35, "coco_stuff": 25.69, "cityscapes": 38.27, "ade20k": 19.05,
     }),
+    info=NACLIP_INFO,
     source="sinahmr/NACLIP@0cac3a6; published: README.md, 'Results' table (default setup, PAMR on; paper v2 / "
     "WACV 2025 code)",
     description="neighbourhood-biased k-k attention, reduced last block, PAMR",
@@ -161,6 +245,7 @@ CLEARCLIP_SPEC = MethodSpec(
         "voc21": None, "context60": None, "coco_object": None, "voc20": 80.9,
         "context59": 35.9, "coco_stuff": 23.9, "cityscapes": 30.0, "ade20k": 16.7,
     }),
+    info=CLEARCLIP_INFO,
     source="mc-lan/ClearCLIP@ad68a40; published: assets/results.png (paper Table 2, 'CLIP +ClearCLIP', ViT-B); the "
     "three benchmarks with background are not in the repository",
     description="q-q attention without residual and MLP",

@@ -1,8 +1,9 @@
-"""Test protocols as data: :class:`Protocol`, ProxyCLIP's rows (from the benchmark presets), the baselines'
-provenance (:data:`METHODS`) and :func:`protocol_for`. The native rows of SCLIP, NACLIP and ClearCLIP live beside
-their classes (``proxyclip_pl.methods``, their specs' ``protocols``; read here as ``NATIVE_PROTOCOLS``).
+"""Test protocols as data: :class:`Protocol`, ProxyCLIP's rows (from the benchmark presets), :class:`MethodInfo`
+and :func:`protocol_for`. The native rows, published numbers and provenance of SCLIP, NACLIP and ClearCLIP live
+beside their classes (``proxyclip_pl.methods``: their specs' ``protocols``, ``published`` and ``info``; read here
+as ``NATIVE_PROTOCOLS``, ``REPORTED_MIOU`` and ``METHODS``).
 
-Every native value comes from the official repositories (snapshot commits in :data:`METHODS`):
+Every native value comes from the official repositories (snapshot commits in ``METHODS``):
 
 * the ``Resize(scale=(2048, S), keep_ratio=True)`` step of ``configs/cfg_<dataset>.py`` gives the short side S
   and the long-side cap 2048 (mmcv: ``scale = min(2048 / long, S / short)``);
@@ -125,84 +126,6 @@ class MethodInfo:
 OFFICIAL_MEAN = (122.771, 116.746, 104.094)
 OFFICIAL_STD = (68.501, 66.632, 70.323)
 
-_COMMON_DIFFERENCES = (
-    "input normalisation: mean/std (122.771, 116.746, 104.094)/(68.501, 66.632, 70.323) on 0-255 RGB, i.e. "
-    "CLIP's constants rounded to 3 decimals after x255 (ProxyCLIP here: the unrounded CLIP constants; relative "
-    "difference < 1e-5)",
-    "positional embedding: same bicubic +0.1 scale-factor rule as ProxyCLIP, but skipped whenever gh*gw equals "
-    "the table's patch count even for a non-square grid, and computed in the model dtype "
-    "(proxyclip_pl.method_positional.official_pos_embed)",
-    "no VFM: the last CLIP block itself is modified; features on the CLIP grid (stride 16)",
-)
-
-#: What NACLIP inherits from SCLIP's code base: input normalisation, class-name files, PAMR, no window padding.
-_SCLIP_LINEAGE = dict(
-    mean=OFFICIAL_MEAN,
-    std=OFFICIAL_STD,
-    synonym_separator=", ",
-    pamr_dilations=(8, 16),
-    window_padding="none: the conv floors the grid and the logits are stretched bilinearly over the window",
-)
-
-METHODS: Mapping[str, MethodInfo] = MappingProxyType({
-    "sclip": MethodInfo(
-        repository="wangf3014/SCLIP",
-        commit="b56bd3014b9e8a3ee3450bcfc53700a67d627b7a",
-        files=("clip/model.py", "clip_segmentor.py", "pamr.py", "configs/base_config.py", "configs/cfg_*.py",
-               "configs/cls_*.txt"),
-        **_SCLIP_LINEAGE,
-        precision="fp16 (OpenAI clip.load on CUDA)",
-        differences_from_proxyclip=_COMMON_DIFFERENCES + (
-            "last block: correlative self-attention, residuals and MLP kept",
-            "windows 224/112 instead of 336/112; test short side 336 (coco_stuff 448, cityscapes 560)",
-            "logit scale 40 except voc21 65, context60/coco_object 50",
-            "prob_thd 0.1 on voc21/context60/coco_object (ProxyCLIP 0.2/0.15/0.25)",
-            "area_thd 0.1 on voc21 (foreground classes covering <= 10% of the predicted foreground are dropped)",
-            "class-name files split on ', ' (ProxyCLIP's: '; '); different synonym lists, e.g. a 26-name "
-            "background line also for coco_object (read under --protocol native)",
-        ),
-    ),
-    "naclip": MethodInfo(
-        repository="sinahmr/NACLIP",
-        commit="0cac3a651f753b11315ea799cfbfabf79da1bd76",
-        files=("clip/model.py", "naclip.py", "pamr.py", "eval.py", "test_all.sh", "configs/base_config.py",
-               "configs/cfg_*.py", "configs/cls_*.txt"),
-        **_SCLIP_LINEAGE,
-        precision="fp16 (OpenAI clip.load on CUDA); PAMR affinities in fp32",
-        differences_from_proxyclip=_COMMON_DIFFERENCES + (
-            "last block: k-k attention plus a Gaussian neighbourhood bias (std 5), no residual, no MLP",
-            "voc21/voc20: whole image, no sliding window; elsewhere windows 224/112",
-            "test short side 336 everywhere except cityscapes 560",
-            "PAMR (10 steps, dilations 8 and 16) on the raw logits at the original size",
-            "prob_thd 0.1 on voc21/context60/coco_object",
-            "class-name files split on ', ' (ProxyCLIP's: '; '); SCLIP's files (read under --protocol native)",
-        ),
-    ),
-    "clearclip": MethodInfo(
-        repository="mc-lan/ClearCLIP",
-        commit="ad68a404d55d48d27330b93554eb64a234ff717f",
-        files=("open_clip/transformer.py", "open_clip/model.py", "clearclip_segmentor.py", "configs/base_config.py",
-               "configs/cfg_*.py", "configs/cls_*.txt", "demo.py"),
-        mean=OFFICIAL_MEAN,
-        std=OFFICIAL_STD,
-        synonym_separator=",",
-        pamr_dilations=(),
-        precision="fp16 (open_clip precision='fp16', inputs .half())",
-        window_padding="zero padding in normalised space (= mean colour) up to a multiple of the patch size, "
-        "split left/top = total // 2; the logits are cropped back",
-        differences_from_proxyclip=_COMMON_DIFFERENCES + (
-            "last block: q-q attention, no residual, no MLP",
-            "windows 448/224 (cityscapes 224/224: no overlap); test short side 448 everywhere",
-            "logit scale 50",
-            "prob_thd 0.5 voc21, 0.15 context60, 0.4 coco_object",
-            "class-name files: one name per class, no synonyms (split on ',' but no line has one); "
-            "VOC21/Context60/COCO-Object background is the single word 'background'",
-            "configs/base_config.py ships model_type='vanilla'; ClearCLIP needs model_type='ClearCLIP'",
-        ),
-    ),
-})
-
-
 @dataclass(frozen=True)
 class ReportedResults:
     """Published mIoU (%) of a method with CLIP ViT-B/16 (OpenAI weights); ``None`` where not in the source."""
@@ -212,14 +135,16 @@ class ReportedResults:
 
 
 def __getattr__(name: str) -> object:
-    """``NATIVE_PROTOCOLS`` (method -> dataset -> Protocol) and ``REPORTED_MIOU`` (method -> ReportedResults),
-    derived from the built-in methods' specs (:mod:`proxyclip_pl.registry`), where the rows live beside their
-    classes."""
-    if name not in ("NATIVE_PROTOCOLS", "REPORTED_MIOU"):
+    """``NATIVE_PROTOCOLS`` (method -> dataset -> Protocol), ``REPORTED_MIOU`` (method -> ReportedResults) and
+    ``METHODS`` (method -> MethodInfo, the provenance), derived from the built-in methods' specs
+    (:mod:`proxyclip_pl.registry`), which live beside their classes."""
+    if name not in ("NATIVE_PROTOCOLS", "REPORTED_MIOU", "METHODS"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from .registry import method_spec
 
     specs = [method_spec(method) for method in BUILTIN_METHOD_SPECS]
+    if name == "METHODS":
+        return MappingProxyType({spec.name: spec.info for spec in specs if spec.info is not None})
     if name == "NATIVE_PROTOCOLS":
         return MappingProxyType({spec.name: spec.protocols for spec in specs if spec.protocols})
     return MappingProxyType({spec.name: ReportedResults(spec.source, spec.published) for spec in specs

@@ -23,7 +23,6 @@ from typing import Any, Mapping, Sequence
 
 from datamodules.presets import BUILTIN_BENCHMARKS
 
-from .native_protocols import METHODS
 from .vocabulary import SYNONYM_SEPARATOR, Vocabulary, flatten_vocabulary, load_vocabulary, vocabulary_sha256
 
 #: Where the shipped official class-name files of the baselines live: ``<NATIVE_VOCAB_DIR>/<method>/cls_*.txt``.
@@ -63,7 +62,9 @@ class QueryVocabulary:
 def native_vocabulary_file(method: str, key: str) -> Path | None:
     """The shipped official class-name file of ``method`` on benchmark ``key`` (``None``: the method has none and
     reads ProxyCLIP's)."""
-    if method not in METHODS or key not in OFFICIAL_FILES:
+    from .registry import method_sources, method_spec
+
+    if key not in OFFICIAL_FILES or method not in method_sources() or method_spec(method).info is None:
         return None
     path = NATIVE_VOCAB_DIR / method / Path(OFFICIAL_FILES[key]).name
     return path if path.is_file() else None
@@ -82,7 +83,9 @@ def query_vocabulary(method: str, key: str, protocol: str = "native") -> QueryVo
         return QueryVocabulary(load_vocabulary(spec.vocabulary_file), f"benchmark {key}: {spec.vocabulary_file}", "")
     native = native_vocabulary_file(method, key) if protocol == "native" else None
     if native is not None:
-        info = METHODS[method]
+        from .registry import method_spec
+
+        info = method_spec(method).info
         separator, owner = info.synonym_separator, method
         vocabulary = load_vocabulary(native, separator=separator)
         repository, commit = info.repository, info.commit

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from datamodules.registry import discover, distribution_name
 
 if TYPE_CHECKING:
-    from .native_protocols import Protocol
+    from .native_protocols import MethodInfo, Protocol
 
 #: Entry-point group of third-party methods (values ``module:ATTR`` naming a :class:`MethodSpec`).
 METHODS_GROUP = "proxyclip_pl.methods"
@@ -55,6 +55,9 @@ class MethodSpec:
         published: benchmark key -> published mIoU (%) under the native protocol (``None``: not published).
         source: where the method and its numbers come from (repository@commit, paper table).
         description: one line for ``proxyclip-test --list``.
+        info: its provenance (:class:`~proxyclip_pl.native_protocols.MethodInfo`: repository, commit, files read,
+            normalisation, the class-name files' synonym separator, differences from ProxyCLIP); a method with one
+            reads its official class-name files under ``--protocol native`` where this package ships them.
     """
 
     name: str
@@ -64,6 +67,7 @@ class MethodSpec:
     published: Mapping[str, float | None] | None = None
     source: str = ""
     description: str = ""
+    info: "MethodInfo | None" = None
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name or self.name != self.name.strip():
