@@ -48,12 +48,17 @@ def evaluate(method: str, data: str | Sequence[str], data_root: str | None = Non
         ValueError / FileNotFoundError: the one-line errors of the command; ``RunInterrupted`` on Ctrl-C (its
         message is the command that resumes the run).
     """
-    from .commands.evaluate import parse_args, run
+    from .commands.evaluate import RunInterrupted, parse_args, run
     from .commands.jobs import is_multi
 
     keys = [data] if isinstance(data, str) else list(data)
     argv = ["--method", method, "--data", ",".join(keys)]
     argv += _flags({"data_root": data_root, "output_dir": output_dir, **options})
     args = parse_args(argv)
-    results = run(args, argv)
+    try:
+        results = run(args, argv)
+    except RunInterrupted:
+        raise RunInterrupted(f"interrupted: every image evaluated so far is recorded in {args.output_dir}; to "
+                             f"continue, call evaluate() again with output_dir={args.output_dir!r} and resume=True"
+                             ) from None
     return results if is_multi(args) else next(iter(results.values()))

@@ -16,8 +16,9 @@ from typing import Iterator
 
 
 def is_launcher() -> bool:
-    """True in the process the user started (global rank 0 of node 0), False in the ranks Lightning starts."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """True in the process the user started (global rank 0 of node 0), False in the ranks Lightning starts and in
+    the other tasks of a SLURM or torchrun launch."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
 def note(message: str) -> None:

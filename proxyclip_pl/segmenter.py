@@ -18,9 +18,6 @@ bilinear to (H0, W0) -> PAMR guided by the normalised image resized bilinearly t
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-import itertools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -34,6 +31,7 @@ from datamodules.resize import resize_short_side
 
 from .clip_encoder import CLIP_MEAN, CLIP_STD, check_clip_visual, tokens_before_last_block
 from .correlative_attention import sclip_labels
+from .identity import default_geometry, encoder_config, state_fingerprint
 from .native_protocols import Protocol
 from .pamr import PAMR_DILATIONS, pamr
 from .postprocess import logits_to_labels
@@ -81,7 +79,8 @@ class Segmenter(nn.Module):
     #: PAMR neighbour dilations.
     pamr_dilations: tuple[int, ...] = PAMR_DILATIONS
     #: attributes (beyond the window geometry) that change the window embeddings: part of :meth:`encoder_config`.
-    encoder_settings: tuple[str, ...] = ()
+    #: ``None``: every public attribute but the text side and post-processing (the safe default for a plug-in).
+    encoder_settings: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -152,15 +151,7 @@ class Segmenter(nn.Module):
     def default_geometry(cls) -> dict[str, int]:
         """The constructor's defaults for ``short_side``, ``slide_crop`` and ``slide_stride`` (the nearest class that
         states them): the method's own setting for an image that belongs to no benchmark."""
-        found: dict[str, int] = {}
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            for name, param in inspect.signature(init).parameters.items():
-                if name in ("short_side", "slide_crop", "slide_stride") and param.default is not param.empty:
-                    found.setdefault(name, int(param.default))
-        return found
+        return default_geometry(cls)
 
     @property
     def num_classes(self) -> int:
@@ -183,16 +174,11 @@ class Segmenter(nn.Module):
                         self.prob_thd, self.area_thd, self.pamr_steps)
 
     def state_fingerprint(self) -> str:
-        """Hex sha256 of what the outputs depend on beyond the settings: the class and every parameter and buffer
-        (tower weights, text embeddings) by name, dtype, shape and bytes. ``proxyclip-test --resume`` compares it
-        for plug-in methods, so records of another model are never mixed in. Reads every weight once (about
-        1 s per GB)."""
-        digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}".encode())
-        for name, tensor in itertools.chain(self.named_parameters(), self.named_buffers()):
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-        return digest.hexdigest()
+        """Hex sha256 of the class and every parameter and buffer (the towers' weights) by name, dtype, shape and
+        bytes. ``proxyclip-test --resume`` compares it for plug-in methods, so records of another model are never
+        mixed in. The text embeddings are left out: their bits depend on the device that encoded them, and the
+        resume fingerprint identifies them by the vocabulary's hash. Reads every weight once (about 1 s per GB)."""
+        return state_fingerprint(self)
 
     # ------------------------------------------------------------------------------------ hooks
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -246,9 +232,7 @@ class Segmenter(nn.Module):
         the method's :attr:`encoder_settings`. Two segmenters with equal configurations produce the same window
         embeddings, so one encoder pass serves both (:func:`shared_slide_logits`); the vocabulary, the text side
         and the post-processing (logit scale, thresholds, PAMR, test resize) are not part of it."""
-        return (type(self), tuple((name, id(module)) for name, module in self._modules.items()), self.pad_multiple,
-                tuple(self.mean), tuple(self.std), self.effective_window_batch_size, self.slide_crop, self.slide_stride,
-                tuple((name, getattr(self, name)) for name in self.encoder_settings))
+        return encoder_config(self)
 
     @torch.no_grad()
     def window_logits(self, windows: torch.Tensor) -> torch.Tensor:

@@ -250,6 +250,9 @@ def hub_unreachable() -> str | None:
 
     if constants.HF_HUB_OFFLINE:
         return None
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    if any(os.environ.get(name) for name in proxies):
+        return None  # behind a proxy a direct connection proves nothing: let the hub client try
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     try:

@@ -102,8 +102,10 @@ def resolve_vocabulary(name: str | None) -> tuple[list[list[str]], str]:
         return [list(c) for c in DEFAULT_VOCABULARY], "builtin"
     from proxyclip_pl.vocabulary import load_vocabulary  # here: open_clip, only for a named vocabulary
 
-    if name in BENCHMARKS:
-        return load_vocabulary(BENCHMARKS[name].vocabulary_file), name
+    if name in BENCHMARKS:  # a registered benchmark may carry its classes instead of a file
+        spec = BENCHMARKS[name]
+        vocabulary = [list(c) for c in spec.vocabulary] if spec.vocabulary is not None else None
+        return vocabulary or load_vocabulary(spec.vocabulary_file), name
     if Path(name).is_file():
         return load_vocabulary(name), str(name)
     raise ValueError(

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,9 +33,9 @@ from typing import Sequence
 
 from datamodules import BENCHMARKS
 from proxyclip_pl.cli import add_model_arguments, load_plugin, run_cli
-from proxyclip_pl.commands.run_folder import (check_writable, default_output_dir, free_output_dir, prepare_output_dir,
-                                              resume_command)
-from proxyclip_pl.console import note, phase, quiet_libraries
+from proxyclip_pl.commands.run_folder import (RUN_DIR_ENV, check_writable, default_output_dir, free_output_dir,
+                                              prepare_output_dir, resume_command)
+from proxyclip_pl.console import is_launcher, note, phase, quiet_libraries
 from proxyclip_pl.native_protocols import EXTRA_DATASETS, PROTOCOL_NAMES
 from proxyclip_pl.registry import method_sources
 from proxyclip_pl.commands.jobs import (build_models, check_devices, data_keys, data_root_for, describe_model,
@@ -133,8 +135,10 @@ def validate(args: argparse.Namespace) -> list[str]:
     if args.strategy not in STRATEGIES:
         raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
     if args.output_dir is None:
-        if args.num_nodes > 1:
-            raise ValueError("--num-nodes > 1 needs --output-dir (a folder every node writes to)")
+        external = max(int(os.environ.get(v) or 1) for v in ("WORLD_SIZE", "SLURM_NTASKS")) > 1
+        if args.num_nodes > 1 or (external and not os.environ.get(RUN_DIR_ENV)):
+            raise ValueError("processes started by SLURM, torchrun or on several nodes need --output-dir (a folder "
+                             "every process writes to)")
         if args.resume:
             raise ValueError("--resume needs --output-dir: the folder of the run to continue")
         args.output_dir = str(default_output_dir(args.method, keys))
@@ -166,6 +170,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None]
     Raises:
         RunInterrupted: on Ctrl-C, after every evaluated image has been recorded.
     """
+    try:
+        return _run(args, argv)
+    finally:
+        if is_launcher():  # the next run of this process (e.g. evaluate() again) chooses its own default folder
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None]:
     start = time.perf_counter()
     keys = validate(args)
     out_root = Path(args.output_dir)
@@ -186,6 +198,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None]
         build_models(args, jobs)  # once for the whole run
     all_results: dict[str, dict | None] = {}
     passes = shared_passes(jobs)
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         for k, group in enumerate(passes, 1):
             for job in group:
@@ -198,6 +211,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None]
         # Lightning turns Ctrl-C inside trainer.test into a graceful shutdown and sys.exit(1)
         if isinstance(exc, SystemExit) and exc.code != 1:
             raise
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C from its interrupt on; a caller may go on
         raise RunInterrupted(f"interrupted: every image evaluated so far is recorded in {out_root}; to continue, "
                              f"run\n  {resume_command(argv, out_root)}") from None
     if is_multi(args) and all_results[keys[0]] is not None:

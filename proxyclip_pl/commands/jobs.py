@@ -115,7 +115,7 @@ def make_job(key: str, args: argparse.Namespace, out_dir: Path) -> Job:
     dataset = dm.test_dataset
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-    if preset.vocabulary is not None:  # a user dataset: the card's classes and synonyms
+    if is_card(key):  # a user dataset: the card's classes and synonyms
         from proxyclip_pl.vocabulary import validate_vocabulary
 
         vocab = card_vocabulary(preset.vocabulary, key)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from datamodules import BENCHMARKS
+from datamodules.presets import BUILTIN_BENCHMARKS as BENCHMARKS  # generated in the built-in layouts only
 from proxyclip_pl.cli import run_cli
 
 

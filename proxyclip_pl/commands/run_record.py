@@ -34,6 +34,23 @@ def tower_identities(args: argparse.Namespace) -> dict[str, Any]:
     return towers
 
 
+def method_origin(method: str) -> str:
+    """``built-in``, ``<distribution> <version>`` of an installed method, ``run time`` or ``module:factory``."""
+    from importlib import metadata
+
+    from proxyclip_pl.registry import method_sources
+
+    source = method_sources().get(method)
+    if source is None:
+        return "module:factory"
+    if source in ("built-in", "run time"):
+        return source
+    try:
+        return f"{source} {metadata.version(source)}"
+    except metadata.PackageNotFoundError:
+        return source
+
+
 def model_fingerprint(model) -> str | None:
     """A plug-in's own fingerprint of what its outputs depend on (``state_fingerprint()``; every
     :class:`~proxyclip_pl.Segmenter` has one: a hash of its weights and text embeddings), or ``None``."""
@@ -64,7 +81,10 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
         "pamr_steps_override": args.pamr_steps,
         "segmenter": f"{type(model).__module__}.{type(model).__qualname__}",
         **towers,
-        "model_fingerprint": None if builtin else model_fingerprint(model),
+        # built-in methods are identified by their towers; installed / run-time ones also by their weights and
+        # text embeddings and by their distribution's version (its code may change)
+        "model_fingerprint": None if method_origin(args.method) == "built-in" else model_fingerprint(model),
+        "method_source": method_origin(args.method),
         "vfm_kind": attr("vfm_kind"),
         "attention": attr("attention"),
         "seed": args.seed if builtin else None,
@@ -80,7 +100,7 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
         "slide_stride": attr("slide_stride", protocol.slide_stride),
         "vocabulary": job.vocab.record(),
         "window_batch_size": attr("effective_window_batch_size"),
-        "precision": args.precision,
+        "precision": "32-true" if args.precision == "32" else args.precision,  # the same setting
         "accelerator": args.accelerator,
         "world_size": world_size,
         "num_nodes": args.num_nodes,
@@ -98,9 +118,10 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
 
 #: ``configuration()`` fields a resumed run may change: how it is run (process count, windows per encoder call,
 #: device; the results do not depend on them: batch invariance and 1-vs-2-process equality are tested) and the
-#: names of the towers' files and weights, whose content the ``*_id`` fields identify.
+#: names of the towers' files and weights, whose content the ``*_id`` fields identify, and ``--pamr-steps`` as typed
+#: (the effective value is in ``protocol_settings``).
 NOT_FINGERPRINTED = ("world_size", "num_nodes", "window_batch_size", "accelerator", "clip", "clip_weights", "vfm",
-                     "vfm_weights", "seed")
+                     "vfm_weights", "seed", "pamr_steps_override")
 
 
 #: Fingerprint fields read from the built segmenter (a resume is checked without them before the model is built).

@@ -54,8 +54,11 @@ def list_entries() -> str:
 
     lines = ["methods:"]
     for name, source in method_sources().items():
-        spec = method_spec(name)
-        lines.append(f"  {name:<12} {source:<24} {spec.description}")
+        try:  # one broken installed entry must not hide the others
+            description = method_spec(name).description
+        except (ValueError, TypeError) as exc:
+            description = f"(cannot load: {exc})"
+        lines.append(f"  {name:<12} {source:<24} {description}")
     lines.append("benchmarks:")
     for key, source in BENCHMARKS.sources().items():
         lines.append(f"  {key:<12} {source:<24} {BENCHMARKS[key].num_classes} classes")

@@ -21,6 +21,7 @@ from proxyclip_pl.factory import build_segmenters
 from proxyclip_pl.model import MaskCLIP
 from proxyclip_pl.native_protocols import DATASETS, PROXYCLIP_PROTOCOLS, protocol_for
 from proxyclip_pl.registry import BUILTIN_METHOD_SPECS, TOWERS, method_sources, method_spec, unregister_method
+from proxyclip_pl.identity import NOT_ENCODER
 from proxyclip_pl.vfm import VFM_RECIPES
 from paths import ROOT
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
@@ -178,6 +179,8 @@ def test_installed_distribution_method_runs_like_a_builtin(tmp_path):
         toy, ref = (json.loads((tmp_path / run_dir / key / "results.json").read_text())
                     for run_dir in ("toy", "maskclip"))
         assert toy["config"]["segmenter"] == "toy_method.ToyCLIP"
+        # an installed method is identified by its weights and its distribution's version too (resume)
+        assert toy["config"]["method_source"] == "proxyclip-toy 0.1" and toy["config"]["model_fingerprint"]
         for field in FIELDS:
             assert toy[field] == ref[field], (key, field)
 
@@ -200,6 +203,8 @@ def test_installed_distribution_method_runs_like_a_builtin(tmp_path):
     for key in ("toybench", "toyfg"):
         got, want = (json.loads((tmp_path / d / key / "results.json").read_text()) for d in ("toybench", "cards"))
         assert got["dataset"] == key and got["config"]["protocol_settings"] == want["config"]["protocol_settings"]
+        assert got["config"]["vocabulary"]["source"] == f"benchmark {key}: its classes"  # not a dataset card
+        assert got["config"]["vocabulary"]["sha256"] == want["config"]["vocabulary"]["sha256"]
         for field in FIELDS:
             assert got[field] == want[field], (key, field)
 
@@ -317,12 +322,6 @@ def test_derived_proxyclip_protocols_keep_the_papers_rows():
     assert OFFICIAL_CONFIGS["coco_stuff"] == "configs/cfg_coco_stuff164k.py" and set(OFFICIAL_CONFIGS) == set(DATASETS)
 
 
-#: Segmenter attributes that do not change the window embeddings (the vocabulary, the text side, post-processing,
-#: the test resize, bookkeeping); every other attribute must be declared in ``encoder_settings``.
-NOT_ENCODER = {"training", "windows_encoded", "vocabulary", "queries", "logit_scale", "prob_thd", "area_thd",
-               "pamr_steps", "short_side", "long_side_cap", "slide_crop", "slide_stride", "window_batch_size"}
-
-
 @pytest.mark.parametrize("name", sorted(method_sources()))
 def test_encoder_config_declares_every_setting_and_is_hashable(name, towers):
     """The explicit encoder configuration must cover what the former compare-every-attribute rule covered: a
@@ -330,7 +329,25 @@ def test_encoder_config_declares_every_setting_and_is_hashable(name, towers):
     spec = method_spec(name)
     options = towers if spec.uses_vfm else {k: v for k, v in towers.items() if not k.startswith("vfm")}
     model = build_segmenters(name, {0: ([["sky"], ["cat"]], protocol_for(name, "voc21"))}, **options)[0]
-    undeclared = {k for k in vars(model) if not k.startswith("_")} - NOT_ENCODER - set(model.encoder_settings)
-    assert not undeclared, f"{name}: declare {sorted(undeclared)} in encoder_settings (or they do not encode)"
-    assert not set(model._buffers) - {"text_embeddings", "query_to_class"}
+    if model.encoder_settings is not None:  # None: every attribute is compared (identity.NOT_ENCODER aside)
+        undeclared = {k for k in vars(model) if not k.startswith("_")} - NOT_ENCODER - set(model.encoder_settings)
+        assert not undeclared, f"{name}: declare {sorted(undeclared)} in encoder_settings (or they do not encode)"
+        assert not set(model._buffers) - {"text_embeddings", "query_to_class"}
     hash(model.encoder_config())
+
+
+def test_a_plugin_that_declares_no_encoder_settings_is_compared_on_every_attribute(towers):
+    from proxyclip_pl.segmenter import shares_encoder
+
+    options = {k: v for k, v in towers.items() if not k.startswith("vfm")}
+    a, b = build_segmenters("maskclip", {0: ([["sky"]], PROXYCLIP_PROTOCOLS["voc21"]),
+                                         1: ([["cat"]], PROXYCLIP_PROTOCOLS["voc20"])}, **options).values()
+    a.__class__ = b.__class__ = EchoCLIP  # a plug-in class: encoder_settings None
+    assert EchoCLIP.encoder_settings is None and shares_encoder(a, b)
+    a.temperature = 0.5  # a setting its author did not declare
+    b.temperature = 0.7
+    assert not shares_encoder(a, b)
+    b.temperature = 0.5
+    a.register_buffer("bias", torch.zeros(3))
+    b.register_buffer("bias", torch.ones(3))
+    assert not shares_encoder(a, b)
