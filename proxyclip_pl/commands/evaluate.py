@@ -135,7 +135,8 @@ def validate(args: argparse.Namespace) -> list[str]:
     if args.strategy not in STRATEGIES:
         raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
     if args.output_dir is None:
-        external = max(int(os.environ.get(v) or 1) for v in ("WORLD_SIZE", "SLURM_NTASKS")) > 1
+        # started by SLURM (several tasks) or torchrun: every task runs this, each would choose its own folder
+        external = int(os.environ.get("SLURM_NTASKS") or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
         if args.num_nodes > 1 or (external and not os.environ.get(RUN_DIR_ENV)):
             raise ValueError("processes started by SLURM, torchrun or on several nodes need --output-dir (a folder "
                              "every process writes to)")
