@@ -97,7 +97,7 @@ def test_builtin_table_is_read_without_torch():
 # ------------------------------------------------------------------------- an installed distribution's method
 TOY_PYPROJECT = """
 [build-system]
-requires = ["setuptools>=68"]
+requires = ["setuptools>=61"]  # PEP 621 metadata; the venv's own setuptools builds it (no network)
 build-backend = "setuptools.build_meta"
 
 [project]
