@@ -53,7 +53,8 @@ def method_origin(method: str) -> str:
 
 def model_fingerprint(model) -> str | None:
     """A plug-in's own fingerprint of what its outputs depend on (``state_fingerprint()``; every
-    :class:`~proxyclip_pl.Segmenter` has one: a hash of its weights and text embeddings), or ``None``."""
+    :class:`~proxyclip_pl.Segmenter` has one: a hash of its weights; the text side is identified by the
+    vocabulary's hash), or ``None``."""
     method = getattr(model, "state_fingerprint", None)
     return str(method()) if callable(method) else None
 
