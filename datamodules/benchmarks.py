@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from .base import SegmentationDataModule
-from .custom import CARD_KEYS, DatasetCardError, custom_preset, read_card
+from .custom import card_preset, read_card
 from .presets import BENCHMARKS, BenchmarkPreset
 
 
@@ -41,14 +41,7 @@ def _build_custom(name: str, data_root, batch_size: int, num_workers: int,
         spec.update(overrides)
     else:
         spec = dict(overrides, data_root=data_root)
-    unknown = sorted(set(spec) - set(CARD_KEYS) - {"_base", "_source"})
-    if unknown:
-        raise TypeError(f"unknown option(s) for a custom dataset: {unknown}; accepted: {list(CARD_KEYS)}")
-    for key in ("data_root", "classes", "img_dir", "ann_dir"):
-        if spec.get(key) is None:
-            raise DatasetCardError(f"a custom dataset needs {key}=...")
-    root = spec.pop("data_root")
-    preset = custom_preset(**spec)
+    preset, root = card_preset(spec)
     return SegmentationDataModule(preset=preset, data_root=root, batch_size=batch_size, num_workers=num_workers,
                                   **dm_kwargs)
 

@@ -108,6 +108,21 @@ def custom_preset(classes: Any, img_dir: str, ann_dir: str, img_suffix: str = ".
     )
 
 
+def card_preset(spec: dict[str, Any]) -> tuple[BenchmarkPreset, Path]:
+    """A user dataset's preset and data root from card keys (:func:`read_card`'s result or keyword arguments).
+    Checks the keys only (no file is read; torch-free), raising ``TypeError`` for unknown options and
+    :class:`DatasetCardError` for a missing required key."""
+    unknown = sorted(set(spec) - set(CARD_KEYS) - {"_base", "_source"})
+    if unknown:
+        raise TypeError(f"unknown option(s) for a custom dataset: {unknown}; accepted: {list(CARD_KEYS)}")
+    for key in _REQUIRED:
+        if spec.get(key) is None:
+            raise DatasetCardError(f"a custom dataset needs {key}=...")
+    spec = dict(spec)
+    root = Path(spec.pop("data_root"))
+    return custom_preset(**spec), root
+
+
 def read_card(card: str | os.PathLike) -> dict[str, Any]:
     """Keyword arguments of ``build_datamodule("custom", ...)`` from a JSON dataset card."""
     card = Path(card)

@@ -29,6 +29,15 @@ def distribution_name(ep: metadata.EntryPoint) -> str:
     return dist.name if dist is not None else "an installed distribution"
 
 
+def load_entry(address: str, what: str) -> object:
+    """The object named by ``module:ATTR`` (``ValueError`` naming ``what`` when it cannot be loaded)."""
+    module, _, attr = address.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{what}: cannot load {address} ({exc})") from None
+
+
 def discover(group: str, builtin: Collection[str], what: str) -> dict[str, metadata.EntryPoint]:
     """The entry points of ``group`` by name (nothing loaded). A name that clashes with a built-in ``what`` or is
     declared by two distributions is a ``ValueError`` naming both sources."""
@@ -81,13 +90,8 @@ class BenchmarkRegistry(Mapping):
             if key not in installed:
                 raise KeyError(key)
             ep = installed[key]
-            module, _, attr = ep.value.partition(":")
             what = f"benchmark {key!r} of {distribution_name(ep)!r}"
-            try:
-                spec = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as exc:
-                raise ValueError(f"{what}: cannot load {ep.value} ({exc})") from None
-            self._loaded[key] = self._checked(spec, key, what)
+            self._loaded[key] = self._checked(load_entry(ep.value, what), key, what)
         return self._loaded[key]
 
     @staticmethod

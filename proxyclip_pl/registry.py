@@ -12,13 +12,12 @@ cache, shared encoder passes, its native protocol and its published row. Nothing
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from importlib import metadata
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from datamodules.registry import discover, distribution_name
+from datamodules.registry import discover, distribution_name, load_entry
 
 if TYPE_CHECKING:
     from .native_protocols import MethodInfo, Protocol
@@ -95,14 +94,6 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     return discover(METHODS_GROUP, BUILTIN_METHOD_SPECS, "method")
 
 
-def _load(address: str, what: str) -> Any:
-    module, _, attr = address.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"{what}: cannot load {address} ({exc})") from None
-
-
 def method_sources() -> dict[str, str]:
     """Every method name -> where it comes from (``built-in``, a distribution's name, or ``run time``).
     Loads nothing: costs no torch import."""
@@ -125,7 +116,7 @@ def method_spec(name: str) -> MethodSpec:
                 raise ValueError(f"unknown method {name!r}; expected one of {', '.join(method_sources())} "
                                  "(proxyclip-test --list) or module:factory")
             address, what = installed[name].value, f"method {name!r} of {distribution_name(installed[name])!r}"
-        spec = _load(address, what)
+        spec = load_entry(address, what)
         if not isinstance(spec, MethodSpec):
             raise ValueError(f"{what}: {address} is a {type(spec).__name__}, not a proxyclip_pl.MethodSpec")
         if spec.name != name:

@@ -36,17 +36,16 @@ from proxyclip_pl.cli import add_model_arguments, load_plugin, run_cli
 from proxyclip_pl.commands.run_folder import (RUN_DIR_ENV, check_writable, default_output_dir, free_output_dir,
                                               prepare_output_dir, resume_command)
 from proxyclip_pl.console import is_launcher, note, phase, quiet_libraries
-from proxyclip_pl.native_protocols import EXTRA_DATASETS, PROTOCOL_NAMES
+from proxyclip_pl.native_protocols import PROTOCOL_NAMES
 from proxyclip_pl.registry import method_sources
 from proxyclip_pl.commands.jobs import (build_models, check_devices, data_keys, data_root_for, describe_model,
                                         folder_name, is_card, is_multi, make_job, registered, shared_passes, uses_vfm)
 from proxyclip_pl.commands.passes import evaluate_pass
 from proxyclip_pl.commands.run_record import check_resume_early
-from proxyclip_pl.commands.table import TABLE_ORDER, list_entries, publishes, table_row
+from proxyclip_pl.commands.table import benchmark_keys, list_entries, publishes, table_row
 
+#: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
-#: Further benchmarks (``--data <key>``, not part of ``all``).
-EXTRA_BENCHMARKS = list(EXTRA_DATASETS)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -55,7 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--list", action="store_true",
                    help="list the methods and benchmarks (built-in or the installed distribution's) and exit")
     p.add_argument("--data",
-                   help=f"benchmark key ({', '.join(TABLE_ORDER + EXTRA_BENCHMARKS)}), 'all' (the first eight), "
+                   help=f"benchmark key ({', '.join(benchmark_keys())}), 'all' (the first eight), "
                    "a dataset card path/to/dataset.json (any user dataset; see docs/datasets.md), or a "
                    "comma-separated list of them (e.g. voc21,voc20). Benchmarks on the same images share one encoder "
                    "pass; several benchmarks write to OUTPUT_DIR/<key>/")
@@ -102,20 +101,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def validate(args: argparse.Namespace) -> list[str]:
     """Every check that needs no torch, model or dataset scan: benchmark names, dataset cards and roots, numbers,
     the method's form and the output folder. Returns the benchmark keys; raises a one-line user error."""
-    from datamodules.custom import custom_preset, read_card
+    from datamodules.custom import card_preset, read_card
 
     keys = data_keys(args)
     for key in keys:
         if is_card(key):
             spec = read_card(key)  # a bad card fails here, before any import of torch
-            root = Path(args.data_root) if args.data_root else Path(spec.pop("data_root"))
-            spec.pop("data_root", None)
-            custom_preset(**spec)
+            if args.data_root:
+                spec["data_root"] = args.data_root
+            root = card_preset(spec)[1]
             if not root.is_dir():
                 raise FileNotFoundError(f"--data {key}: its data_root {root} does not exist")
         elif key not in BENCHMARKS:
-            known = [*TABLE_ORDER, *(k for k in BENCHMARKS if k not in TABLE_ORDER)]  # the table's order first
-            raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(known)}, "
+            raise ValueError(f"unknown --data {key!r}; expected one of {', '.join(benchmark_keys())}, "
                              "'all', a dataset card (.json) or a comma-separated list")
         else:
             data_root_for(key, args)  # a bad --data-root fails before anything is built

@@ -68,6 +68,7 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
     import torchmetrics
 
     builtin = registered(args.method)
+    origin = method_origin(args.method)
     model, protocol = job.model, job.protocol
 
     def attr(name: str, default: Any = None) -> Any:
@@ -84,8 +85,8 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
         **towers,
         # built-in methods are identified by their towers; installed / run-time ones also by their weights and
         # text embeddings and by their distribution's version (its code may change)
-        "model_fingerprint": None if method_origin(args.method) == "built-in" else model_fingerprint(model),
-        "method_source": method_origin(args.method),
+        "model_fingerprint": None if origin == "built-in" else model_fingerprint(model),
+        "method_source": origin,
         "vfm_kind": attr("vfm_kind"),
         "attention": attr("attention"),
         "seed": args.seed if builtin else None,

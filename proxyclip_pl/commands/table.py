@@ -14,6 +14,12 @@ from proxyclip_pl.commands.jobs import Job, is_card, registered
 TABLE_ORDER = list(DATASETS)
 
 
+def benchmark_keys() -> list[str]:
+    """Every benchmark key as users read them: the table's order first, then the others (ADE-847, PC-459,
+    installed and run-time benchmarks)."""
+    return [*TABLE_ORDER, *(key for key in BENCHMARKS if key not in TABLE_ORDER)]
+
+
 def published_row(method: str) -> Mapping[str, float | None] | None:
     """The published mIoU per benchmark of a registered method (``None``: unregistered or none published)."""
     from proxyclip_pl.registry import method_spec
