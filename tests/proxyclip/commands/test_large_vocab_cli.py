@@ -55,7 +55,7 @@ def test_published_and_corrected_scores_with_16bit_predictions(tmp_path, key):
 
 
 def test_dataset_card_end_to_end(tmp_path):
-    from test_dm_custom import write_dataset
+    from custom_datasets import write_dataset
 
     data = tmp_path / "mine"
     write_dataset(data, n=3)
