@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from datamodules.presets import BUILTIN_BENCHMARKS
 
+from .registry import method_sources, method_spec
 from .vocabulary import SYNONYM_SEPARATOR, Vocabulary, flatten_vocabulary, load_vocabulary, vocabulary_sha256
 
 #: Where the shipped official class-name files of the baselines live: ``<NATIVE_VOCAB_DIR>/<method>/cls_*.txt``.
@@ -62,8 +63,6 @@ class QueryVocabulary:
 def native_vocabulary_file(method: str, key: str) -> Path | None:
     """The shipped official class-name file of ``method`` on benchmark ``key`` (``None``: the method has none and
     reads ProxyCLIP's)."""
-    from .registry import method_sources, method_spec
-
     if key not in OFFICIAL_FILES or method not in method_sources() or method_spec(method).info is None:
         return None
     path = NATIVE_VOCAB_DIR / method / Path(OFFICIAL_FILES[key]).name
@@ -71,7 +70,8 @@ def native_vocabulary_file(method: str, key: str) -> Path | None:
 
 
 def query_vocabulary(method: str, key: str, protocol: str = "native") -> QueryVocabulary:
-    """The query vocabulary ``method`` reads on built-in benchmark ``key`` under ``protocol`` (module docstring)."""
+    """The query vocabulary ``method`` reads on benchmark ``key`` under ``protocol`` (module docstring); a registered
+    benchmark without an official file brings its own classes or vocabulary file."""
     from datamodules import BENCHMARKS
 
     if key not in OFFICIAL_FILES:  # a registered benchmark: its spec's classes or vocabulary file
@@ -83,8 +83,6 @@ def query_vocabulary(method: str, key: str, protocol: str = "native") -> QueryVo
         return QueryVocabulary(load_vocabulary(spec.vocabulary_file), f"benchmark {key}: {spec.vocabulary_file}", "")
     native = native_vocabulary_file(method, key) if protocol == "native" else None
     if native is not None:
-        from .registry import method_spec
-
         info = method_spec(method).info
         separator, owner = info.synonym_separator, method
         vocabulary = load_vocabulary(native, separator=separator)
