@@ -1,7 +1,7 @@
 """proxyclip_pl: ProxyCLIP open-vocabulary semantic segmentation, exact and batched.
 
 The methods are plain PyTorch (:class:`ProxyCLIP`, :class:`MaskCLIP`, :class:`CLIP`, :class:`SCLIP`,
-:class:`NACLIP`, :class:`ClearCLIP`, all :class:`Segmenter` subclasses); Lightning only wraps it for distributed evaluation.
+:class:`NACLIP`, :class:`ClearCLIP`, :class:`Trident`, :class:`CorrCLIP`, all :class:`Segmenter` subclasses); Lightning only wraps it for distributed evaluation.
 """
 __version__ = "0.1.0"
 
@@ -18,8 +18,10 @@ _SUBMODULE_OF = {
     "ATTENTIONS": "model", "CLIP": "model", "MaskCLIP": "model", "ProxyCLIP": "model",
     "NATIVE_PROTOCOLS": "native_protocols", "PROXYCLIP_PROTOCOLS": "native_protocols", "Protocol": "native_protocols",
     "protocol_for": "native_protocols",
-    "Segmenter": "segmenter", "protocol_kwargs": "segmenter", "shared_slide_logits": "segmenter",
-    "shares_encoder": "segmenter",
+    "Segmenter": "segmenter", "protocol_kwargs": "segmenter", "shared_slide_logits": "shared_pass",
+    "shares_encoder": "shared_pass",
+    "Trident": "trident", "CorrCLIP": "corrclip", "instance_map_from_masks": "region_masks",
+    "InstanceMaskFolder": "region_masks", "SAM2MaskProvider": "region_masks",
     "flatten_vocabulary": "vocabulary", "load_vocabulary": "vocabulary", "parse_vocabulary": "vocabulary",
     "MethodSpec": "registry", "register_method": "registry", "evaluate": "api",
 }
@@ -31,9 +33,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .towers import CLIP_MODELS, VFM_MODELS, build_clip, build_vfm
     from .weights import WeightsNotFoundError
     from .methods import NACLIP, SCLIP, ClearCLIP
+    from .trident import Trident
+    from .corrclip import CorrCLIP
+    from .region_masks import InstanceMaskFolder, SAM2MaskProvider, instance_map_from_masks
     from .model import ATTENTIONS, CLIP, MaskCLIP, ProxyCLIP
     from .native_protocols import NATIVE_PROTOCOLS, PROXYCLIP_PROTOCOLS, Protocol, protocol_for
-    from .segmenter import Segmenter, protocol_kwargs, shared_slide_logits, shares_encoder
+    from .segmenter import Segmenter, protocol_kwargs
+    from .shared_pass import shared_slide_logits, shares_encoder
     from .api import evaluate
     from .registry import MethodSpec, register_method
     from .vocabulary import flatten_vocabulary, load_vocabulary, parse_vocabulary
@@ -48,6 +54,11 @@ __all__ = [
     "SCLIP",
     "VFM_MODELS",
     "ClearCLIP",
+    "CorrCLIP",
+    "InstanceMaskFolder",
+    "SAM2MaskProvider",
+    "Trident",
+    "instance_map_from_masks",
     "MaskCLIP",
     "MethodSpec",
     "Protocol",

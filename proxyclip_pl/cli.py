@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from .defaults import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED
+from .defaults import DEFAULT_CLIP, DEFAULT_SAM, DEFAULT_VFM, PRETRAINED
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,20 +15,43 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--clip", default=DEFAULT_CLIP, help="open_clip model name or model-config JSON (default: %(default)s)")
     g.add_argument("--clip-weights", default=None, help="pretrained tag, checkpoint path or 'random' (default: the preset's tag, 'openai')")
-    g.add_argument("--vfm", default=DEFAULT_VFM, help="timm model name or VFM spec JSON; 'none' for the no-VFM baselines (default: %(default)s)")
+    g.add_argument("--vfm", default=None, help="timm model name or VFM spec JSON; 'none' for the no-VFM baselines "
+                   f"(default: the method's, {DEFAULT_VFM} for ProxyCLIP)")
     g.add_argument("--vfm-weights", default=PRETRAINED, help="'pretrained', checkpoint path or 'random' (default: %(default)s)")
+    g.add_argument("--sam", default=None, help=f"Trident's SAM image encoder: timm samvit name or spec JSON (default: {DEFAULT_SAM})")
+    g.add_argument("--sam-weights", default=PRETRAINED, help="'pretrained', checkpoint path or 'random' (default: %(default)s)")
+    g.add_argument("--masks", default=None, help="CorrCLIP's region masks: the folder of the extracted region_masks.zip "
+                   "(Hugging Face dataset dk258/CorrCLIP; one sub-folder per benchmark, <image stem>.npz), a folder of "
+                   "<stem>.npz for a dataset card, 'sam2' (online SAM2, extra [sam2]) or 'none' (no masks: an ablation)")
     g.add_argument("--attention", default="proxy", choices=["proxy", "vfm", "maskclip", "clip"], help="proxy attention, the VFM's raw attention, or a no-VFM baseline")
     g.add_argument("--seed", type=int, default=0, help="seed of 'random' weights (default: %(default)s)")
     g.add_argument("--window-batch-size", type=int, default=None, help="windows per encoder call (default: 8 on GPU, 1 on CPU)")
 
 
+def resolve_default_towers(args: argparse.Namespace) -> None:
+    """Fill the tower flags left unset (``--vfm``, ``--sam``, ``--clip-weights``) with the method's own towers
+    (:attr:`proxyclip_pl.registry.MethodSpec.default_towers`), else the package defaults. Imports the method's
+    module (torch): call it after the torch-free checks."""
+    from .registry import method_sources, method_spec
+
+    method = getattr(args, "method", "proxyclip")
+    defaults = dict(method_spec(method).default_towers) if method in method_sources() else {}
+    for flag, default in (("vfm", DEFAULT_VFM), ("sam", DEFAULT_SAM), ("clip_weights", None)):
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, defaults.get(flag, default))
+
+
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`proxyclip_pl.build_proxyclip` from the shared flags."""
+    resolve_default_towers(args)
     return dict(
         clip=args.clip,
         clip_weights=args.clip_weights,
         vfm=None if str(args.vfm).lower() == "none" else args.vfm,
         vfm_weights=args.vfm_weights,
+        sam=args.sam,
+        sam_weights=args.sam_weights,
+        masks=args.masks,
         seed=args.seed,
         attention=args.attention,
         window_batch_size=args.window_batch_size,

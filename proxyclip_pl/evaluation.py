@@ -25,7 +25,7 @@ from datamodules.io import read_image
 
 from .metrics import SegmentationIoU
 from .records import RecordWriter, sparse
-from .segmenter import shared_slide_logits, shares_encoder
+from .shared_pass import shared_slide_logits, shares_encoder
 from .visualize import show_panel
 from .result_files import write_json_atomic, write_per_image_csv
 from .iou import image_counts, image_row, results_from_states
@@ -245,8 +245,8 @@ class BenchmarkEvaluator(pl.LightningModule):
     exactly once.
 
     With one benchmark the segmenter may be any module with ``segment_resized``. With several, the segmenters
-    must share their encoder (:func:`~proxyclip_pl.segmenter.shares_encoder`): each window is encoded once and
-    matched against every benchmark's text embeddings (:func:`~proxyclip_pl.segmenter.shared_slide_logits`),
+    must share their encoder (:func:`~proxyclip_pl.shared_pass.shares_encoder`): each window is encoded once and
+    matched against every benchmark's text embeddings (:func:`~proxyclip_pl.shared_pass.shared_slide_logits`),
     then each benchmark post-processes and scores its own logits; the predictions are exactly those of
     separate runs.
 
@@ -280,12 +280,17 @@ class BenchmarkEvaluator(pl.LightningModule):
         """One datamodule sample (resized uint8 image, original size) -> one LongTensor [H0, W0] per member."""
         image = sample["image"].to(self.device, non_blocking=True)[None].float() / 255.0
         size = tuple(int(s) for s in sample["ori_size"])
+        lead = self.models[members[0]]
+        inputs = {}
+        if getattr(lead, "uses_original_image", False):  # whole-image methods: from the original image, once;
+            # the id is the file stem, as the official cached masks are named (<stem>.npz)
+            inputs = lead.image_inputs(read_image(sample["path"]), Path(sample["path"]).stem)
         if len(self.models) == 1:
-            preds = [self.models[0].segment_resized(image, size)]
+            preds = [self.models[0].segment_resized(image, size, **inputs)]
         else:
             models = [self.models[j] for j in members]
-            logits = shared_slide_logits(models, image)
-            preds = [m.postprocess(lg, image, size, m.prob_thd) for m, lg in zip(models, logits)]
+            logits = shared_slide_logits(models, image, **inputs)
+            preds = [m.postprocess(lg, image, size, m.prob_thd, **inputs) for m, lg in zip(models, logits)]
         for model, pred in zip([self.models[j] for j in members], preds):
             if not isinstance(pred, torch.Tensor) or tuple(pred.shape) != size:
                 raise RuntimeError(f"{type(model).__name__}.segment_resized returned "

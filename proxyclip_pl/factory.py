@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .defaults import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED
+from .defaults import DEFAULT_CLIP, DEFAULT_SAM, DEFAULT_VFM, PRETRAINED
 from .native_protocols import Protocol
-from .towers import build_clip, build_vfm, check_vfm_name, resolve_clip_weights
+from .towers import build_clip, build_sam, build_vfm, check_vfm_name, resolve_clip_weights
 
 # open_clip, timm and the modules that import them (.model, .methods, .segmenter, .vocabulary, .text_cache)
 # are imported where they are used: importing this module costs torch only.
@@ -45,7 +45,10 @@ class Towers:
         clip, clip_weights: open_clip model name (or config JSON) and weights (pretrained tag, checkpoint path or
             ``random``; ``None``: the preset's tag).
         vfm, vfm_weights: timm VFM name (or spec JSON) and weights (``pretrained``, checkpoint path or ``random``);
-            only ProxyCLIP uses them (``vfm=None``: its ``maskclip``/``clip`` attention).
+            for the methods whose spec asks for a VFM (``vfm=None``: ProxyCLIP's ``maskclip``/``clip`` attention).
+        sam, sam_weights: timm samvit name (or spec JSON) and weights of Trident's SAM image encoder.
+        masks: CorrCLIP's region-mask source (``--masks``: a folder, ``sam2`` or ``none``), see
+            :func:`proxyclip_pl.region_masks.mask_source`.
         seed: seed of ``random`` weights (identical on every process).
         device: where the towers and the segmenters go.
         cache_dir: open_clip / Hugging Face download cache.
@@ -59,6 +62,9 @@ class Towers:
     clip_weights: str | None = None
     vfm: str | None = DEFAULT_VFM
     vfm_weights: str = PRETRAINED
+    sam: str = DEFAULT_SAM
+    sam_weights: str = PRETRAINED
+    masks: str | None = None
     seed: int = 0
     device: str | torch.device = "cpu"
     cache_dir: str | None = None
@@ -94,17 +100,20 @@ def _build_on_shared_towers(method: str, jobs: Mapping[Hashable, tuple[Sequence[
     if not t.keep_text_tower:
         # Before any VFM is built, so that its weights reuse the freed memory (lower peak RSS).
         release_text_tower(clip_model)
-    vision: tuple[nn.Module | None, ...] = (clip_model,)
+    vision: dict[str, Any] = {"clip": clip_model}
     if spec.uses_vfm:
         vfm_model, kind = (None, "dino") if t.vfm is None else build_vfm(t.vfm, t.vfm_weights, seed=t.seed)
-        if vfm_model is not None:
-            vfm_model.to(t.device)
-        vision = (clip_model, vfm_model)
+        vision["vfm"] = vfm_model if vfm_model is None else vfm_model.to(t.device)
+    if "sam" in spec.towers:
+        vision["sam"] = build_sam(t.sam, t.sam_weights, seed=t.seed).to(t.device)
+    if "masks" in spec.towers:
+        vision["masks"] = t.masks
+    vision = {name: vision[name] for name in spec.towers}
     built = {}
     for key, (vocabulary, kwargs) in jobs.items():
         if spec.uses_vfm:
             kwargs.setdefault("vfm_kind", kind)
-        built[key] = spec.segmenter(*vision, vocabulary, tokenizer=tokenizer, **kwargs).to(t.device)
+        built[key] = spec.segmenter.from_towers(vision, vocabulary, tokenizer=tokenizer, **kwargs).to(t.device)
     return built
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 from datamodules.presets import BUILTIN_BENCHMARKS, MAIN_BENCHMARKS, BenchmarkPreset
 
@@ -53,6 +53,9 @@ class Protocol:
         area_thd: SCLIP's foreground area filter (see
             :func:`proxyclip_pl.correlative_attention.area_filter`); ``None`` = off.
         pamr_steps: PAMR iterations (0 = off; dilations in :attr:`MethodInfo.pamr_dilations`).
+        options: the method's own constructor keywords on this benchmark, ``(name, value)`` pairs (official config
+            values beyond the common ones, e.g. Trident's ``cos_fac``, CorrCLIP's ``mask_folder``); passed to the
+            segmenter with the common settings.
     """
 
     short_side: int
@@ -63,6 +66,7 @@ class Protocol:
     prob_thd: float
     area_thd: float | None
     pamr_steps: int
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         def require(condition: bool, message: str) -> None:
@@ -86,6 +90,7 @@ class Protocol:
             self.area_thd is None or 0.0 <= self.area_thd <= 1.0, f"area_thd must be None or lie in [0, 1], got {self.area_thd}"
         )
         require(self.pamr_steps >= 0, f"pamr_steps must be >= 0, got {self.pamr_steps}")
+        require(all(isinstance(k, str) for k, _ in self.options), f"options must be (name, value) pairs, got {self.options!r}")
 
     @property
     def whole_image(self) -> bool:

@@ -12,7 +12,7 @@ cache, shared encoder passes, its native protocol and its published row. Nothing
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 #: Entry-point group of third-party methods (values ``module:ATTR`` naming a :class:`MethodSpec`).
 METHODS_GROUP = "proxyclip_pl.methods"
-#: The towers a method may ask for, in the order the segmenter's constructor takes them before the vocabulary.
-TOWERS = ("clip", "vfm")
+#: The towers a method may ask for (:meth:`proxyclip_pl.Segmenter.from_towers` receives them in the spec's order):
+#: CLIP, a VFM, SAM's image encoder (Trident), a region-mask source (CorrCLIP: ``--masks``).
+TOWERS = ("clip", "vfm", "sam", "masks")
 BUILTIN = "built-in"
 
 #: Built-in method name -> address of its spec (beside its class).
@@ -36,6 +37,8 @@ BUILTIN_METHOD_SPECS: Mapping[str, str] = MappingProxyType({
     "sclip": "proxyclip_pl.methods:SCLIP_SPEC",
     "naclip": "proxyclip_pl.methods:NACLIP_SPEC",
     "clearclip": "proxyclip_pl.methods:CLEARCLIP_SPEC",
+    "trident": "proxyclip_pl.trident:TRIDENT_SPEC",
+    "corrclip": "proxyclip_pl.corrclip:CORRCLIP_SPEC",
 })
 
 
@@ -45,10 +48,12 @@ class MethodSpec:
 
     Attributes:
         name: the ``--method`` name.
-        segmenter: a :class:`~proxyclip_pl.Segmenter` subclass, constructed as
-            ``segmenter(*towers, vocabulary, tokenizer=..., text_embeddings=..., **protocol keywords)``; with the
-            ``vfm`` tower it also receives ``vfm_kind`` (the VFM recipe).
+        segmenter: a :class:`~proxyclip_pl.Segmenter` subclass, constructed by its
+            :meth:`~proxyclip_pl.Segmenter.from_towers` (default: ``segmenter(*towers, vocabulary, tokenizer=...,
+            text_embeddings=..., **protocol keywords)``); with the ``vfm`` tower it also receives ``vfm_kind``.
         towers: the towers it needs, a subset of :data:`TOWERS` starting with ``"clip"``.
+        default_towers: the method's own towers where the user names none: ``vfm``, ``sam`` (timm names) and
+            ``clip_weights`` (an open_clip tag), e.g. Trident's DINO ViT-B/16.
         protocols: benchmark key -> its native :class:`~proxyclip_pl.native_protocols.Protocol`; a benchmark
             without one gets ProxyCLIP's protocol.
         published: benchmark key -> published mIoU (%) under the native protocol (``None``: not published).
@@ -67,6 +72,7 @@ class MethodSpec:
     source: str = ""
     description: str = ""
     info: "MethodInfo | None" = None
+    default_towers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name or self.name != self.name.strip():

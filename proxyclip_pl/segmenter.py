@@ -15,10 +15,18 @@ the sliding window (or the whole image when ``slide_crop == 0``), upsampling to 
 
 Order at the original size (SCLIP ``forward_slide`` / NACLIP ``predict``): averaged raw cosine logits ->
 bilinear to (H0, W0) -> PAMR guided by the normalised image resized bilinearly to (H0, W0) -> post-processing.
+
+Whole-image methods (Trident's SAM affinity over the whole image, CorrCLIP's region masks) use two more hooks
+(docs/methods.md, 'Whole-image hooks'): :meth:`Segmenter.image_inputs` (per-image inputs computed from the
+original image and its sample id, when :attr:`Segmenter.uses_original_image` is set) and
+:meth:`Segmenter.image_logits` (from the resized image and those inputs to the averaged logits). Every entry
+point (``slide_logits``, ``segment_resized``, ``postprocess``, ``predict``, shared passes) forwards the inputs.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -81,6 +89,8 @@ class Segmenter(nn.Module):
     #: attributes (beyond the window geometry) that change the window embeddings: part of :meth:`encoder_config`.
     #: ``None``: every public attribute but the text side and post-processing (the safe default for a plug-in).
     encoder_settings: tuple[str, ...] | None = None
+    #: whether :meth:`image_inputs` needs the original image: the evaluator then reads it (and the sample id).
+    uses_original_image: bool = False
 
     def __init__(
         self,
@@ -180,7 +190,20 @@ class Segmenter(nn.Module):
         resume fingerprint identifies them by the vocabulary's hash. Reads every weight once (about 1 s per GB)."""
         return state_fingerprint(self)
 
+    @classmethod
+    def from_towers(cls, towers: dict[str, Any], vocabulary: Sequence[Sequence[str]], **kwargs: Any) -> "Segmenter":
+        """Construct from the registry's built towers (``{"clip": ..., "vfm": ...}``, the spec's order): the towers
+        after CLIP are positional, before the vocabulary. A method whose constructor takes them otherwise (as
+        keywords, a mask provider) overrides this."""
+        return cls(*towers.values(), vocabulary, **kwargs)
+
     # ------------------------------------------------------------------------------------ hooks
+    def image_inputs(self, original: np.ndarray, image_id: str | None = None, **given: Any) -> dict[str, Any]:
+        """Per-image inputs of a whole-image method, computed once per image from the ORIGINAL image (read by the
+        evaluator only when :attr:`uses_original_image` is set) and passed as keywords to :meth:`image_logits` and
+        :meth:`postprocess`. ``given``: inputs the caller already has (e.g. CorrCLIP's ``masks``). Default: none."""
+        return dict(given)
+
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, h, w] RGB in [0, 1] -> the tower's input (``(x - mean) / std``)."""
         return standardize(images, self.mean, self.std)
@@ -254,16 +277,51 @@ class Segmenter(nn.Module):
         return logits[..., top:top + height, left:left + width]
 
     @torch.no_grad()
-    def slide_logits(self, image: torch.Tensor) -> torch.Tensor:
+    def image_logits(self, image: torch.Tensor, match: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
+                     num_queries: int, **inputs: Any) -> torch.Tensor:
+        """The whole-image step: from the resized image to raw cosine logits, with the text side given as ``match``.
+
+        Default: the sliding window (or the whole image when ``slide_crop == 0``) over :meth:`dense_embeddings`,
+        each window's logits upsampled to the window and averaged. A whole-image method overrides it.
+
+        Args:
+            image: [1, 3, H, W] RGB in [0, 1], already resized, on the model's device.
+            match: ([B, N, d] embeddings, grid (h, w)) -> [B, num_queries, h, w] raw cosine logits (one segmenter's
+                :meth:`match`, or several segmenters' concatenated in a shared pass).
+            num_queries: the number of rows ``match`` returns.
+            inputs: :meth:`image_inputs` of the image.
+        Returns:
+            [1, num_queries, h, w] float32 logits on any grid (the post-processing upsamples them to the original
+            size); the default's grid is (H, W).
+        """
+        def grid_logits(windows: torch.Tensor) -> torch.Tensor:
+            embeddings, grid = self.dense_embeddings(windows.to(self.device))
+            self.windows_encoded += windows.shape[0]
+            return match(embeddings, grid)
+
+        window_size, stride = self.slide_crop, self.slide_stride
+        if window_size == 0:
+            window_size = stride = max(image.shape[-2:])
+        return sliding_window_logits(
+            image, grid_logits, num_queries=num_queries, window_size=window_size, stride=stride,
+            window_batch_size=self.effective_window_batch_size, pad_value=self.mean, pad_multiple=self.pad_multiple,
+        )
+
+    @torch.no_grad()
+    def slide_logits(self, image: torch.Tensor, **inputs: Any) -> torch.Tensor:
         """Sliding-window logits averaged over windows (raw cosine, before any softmax); with
         ``slide_crop == 0`` the whole image is one window.
 
         Args:
             image: [1, 3, H, W] RGB in [0, 1], already resized to the test scale.
+            inputs: :meth:`image_inputs` of the image (whole-image methods).
         Returns:
-            [1, Q, H, W] float32.
+            [1, Q, H, W] float32 (a whole-image method may return another grid, see :meth:`image_logits`).
         """
-        return shared_slide_logits([self], image)[0]
+        image = image.to(self.device)
+        _require(image.dim() == 4 and image.shape[:2] == (1, 3),
+                 f"expected one image [1, 3, H, W], got {tuple(image.shape)}")
+        return self.image_logits(image, self.match, len(self.queries), **inputs)
 
     # ------------------------------------------------------------------------------------ images
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -290,8 +348,10 @@ class Segmenter(nn.Module):
         return logits
 
     @torch.no_grad()
-    def postprocess(self, logits: torch.Tensor, image: torch.Tensor, size: tuple[int, int], prob_thd: float) -> torch.Tensor:
-        """Averaged logits [1, Q, h, w] of the resized ``image`` -> LongTensor [H0, W0] label map."""
+    def postprocess(self, logits: torch.Tensor, image: torch.Tensor, size: tuple[int, int], prob_thd: float,
+                    **inputs: Any) -> torch.Tensor:
+        """Averaged logits [1, Q, h, w] of the resized ``image`` -> LongTensor [H0, W0] label map (``inputs``: the
+        image's :meth:`image_inputs`, unused here)."""
         size = tuple(int(s) for s in size)
         if self.pamr_steps == 0 and self.area_thd is None:
             # chunked upsampling + best query: never holds Q x H0 x W0 (ProxyCLIP's path, unchanged)
@@ -303,75 +363,36 @@ class Segmenter(nn.Module):
             return logits_to_labels(full, self.query_to_class, self.logit_scale, prob_thd)
 
     @torch.no_grad()
-    def segment_resized(self, image: torch.Tensor, size: tuple[int, int], prob_thd: float | None = None) -> torch.Tensor:
+    def segment_resized(self, image: torch.Tensor, size: tuple[int, int], prob_thd: float | None = None,
+                        **inputs: Any) -> torch.Tensor:
         """Label map of an image already resized to the test scale.
 
         Args:
             image: [1, 3, h, w] RGB in [0, 1] (e.g. a datamodule sample / 255).
             size: the original (H0, W0); the logits are upsampled bilinearly to it before post-processing.
             prob_thd: overrides the segmenter's threshold.
+            inputs: the image's :meth:`image_inputs` (whole-image methods).
         Returns:
             LongTensor [H0, W0] of class ids in [0, C).
         """
         thd = self.prob_thd if prob_thd is None else prob_thd
         image = image.to(self.device)
-        return self.postprocess(self.slide_logits(image), image, size, thd)
+        return self.postprocess(self.slide_logits(image, **inputs), image, size, thd, **inputs)
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray) -> torch.Tensor:
+    def predict(self, image: np.ndarray, image_id: str | None = None, **given: Any) -> torch.Tensor:
         """Segment one image (the method's whole pipeline: resize, windows, PAMR, post-processing).
 
         Args:
             image: numpy HxWx3 uint8 RGB at its original size (gray, RGBA and 16-bit are converted).
+            image_id: the sample id (file stem), for methods whose inputs are looked up by it (cached masks).
+            given: per-image inputs the caller already has (see :meth:`image_inputs`).
         Returns:
             LongTensor [H, W] of class ids in [0, C), on the model's device.
         """
         rgb = to_rgb_uint8(image)
-        return self.segment_resized(self.preprocess(rgb), rgb.shape[:2])
-
-
-def shares_encoder(a: nn.Module, b: nn.Module) -> bool:
-    """Whether one encoder pass over a window serves both segmenters (equal :meth:`Segmenter.encoder_config`)."""
-    if not (isinstance(a, Segmenter) and isinstance(b, Segmenter)):
-        return False
-    return a.encoder_config() == b.encoder_config()
-
-
-@torch.no_grad()
-def shared_slide_logits(segmenters: Sequence[Segmenter], image: torch.Tensor) -> list[torch.Tensor]:
-    """Sliding-window logits of one image for several segmenters from ONE encoder pass per window.
-
-    Each window is encoded once (:meth:`Segmenter.dense_embeddings` of the first segmenter) and matched
-    against every segmenter's own text embeddings; every later step is elementwise or per query, so each
-    segmenter's logits are exactly those of its own :meth:`Segmenter.slide_logits`.
-
-    Args:
-        segmenters: segmenters that share their encoder (:func:`shares_encoder`; checked).
-        image: [1, 3, H, W] RGB in [0, 1], already resized to the test scale.
-    Returns:
-        one [1, Q_i, H, W] float32 tensor per segmenter (raw averaged cosine logits).
-    """
-    lead = segmenters[0]
-    for other in segmenters[1:]:
-        _require(shares_encoder(lead, other), f"{type(other).__name__} does not share the encoder of the first "
-                 "segmenter (different towers or encoder settings): evaluate them in separate passes")
-
-    def grid_logits(windows: torch.Tensor) -> torch.Tensor:
-        if windows.dim() != 4 or windows.shape[1] != 3:
-            raise ValueError(f"windows must be [B, 3, h, w], got {tuple(windows.shape)}")
-        embeddings, grid = lead.dense_embeddings(windows.to(lead.device))
-        lead.windows_encoded += windows.shape[0]
-        return torch.cat([s.match(embeddings, grid) for s in segmenters], dim=1)
-
-    window_size, stride = lead.slide_crop, lead.slide_stride
-    if window_size == 0:
-        window_size = stride = max(image.shape[-2:])
-    sizes = [len(s.queries) for s in segmenters]
-    logits = sliding_window_logits(
-        image.to(lead.device), grid_logits, num_queries=sum(sizes), window_size=window_size, stride=stride,
-        window_batch_size=lead.effective_window_batch_size, pad_value=lead.mean, pad_multiple=lead.pad_multiple,
-    )
-    return list(logits.split(sizes, dim=1))
+        inputs = self.image_inputs(rgb, image_id, **given) if self.uses_original_image else given
+        return self.segment_resized(self.preprocess(rgb), rgb.shape[:2], **inputs)
 
 
 def protocol_kwargs(protocol: Protocol) -> dict:
@@ -379,5 +400,5 @@ def protocol_kwargs(protocol: Protocol) -> dict:
     return dict(
         short_side=protocol.short_side, long_side_cap=protocol.long_side_cap, slide_crop=protocol.slide_crop,
         slide_stride=protocol.slide_stride, logit_scale=protocol.logit_scale, prob_thd=protocol.prob_thd,
-        area_thd=protocol.area_thd, pamr_steps=protocol.pamr_steps,
+        area_thd=protocol.area_thd, pamr_steps=protocol.pamr_steps, **dict(protocol.options),
     )

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .defaults import DEFAULT_CLIP, DEFAULT_VFM, PRETRAINED, RANDOM
+from .defaults import DEFAULT_CLIP, DEFAULT_SAM, DEFAULT_VFM, PRETRAINED, RANDOM
 from .weights import (OPENAI_CHECKPOINT_ENTRIES, WeightsNotFoundError, download_reason, hub_cache, hub_unreachable,
                       is_openai_checkpoint, is_weights_path, quiet_root_log, read_checkpoint, refused_pickle, seeded)
 
@@ -381,3 +381,15 @@ def build_vfm(name: str = DEFAULT_VFM, weights: str = PRETRAINED, seed: int = 0,
     return model.eval().requires_grad_(False), kind or vfm_kind_of(model)
 
 
+
+
+def build_sam(name: str = DEFAULT_SAM, weights: str = PRETRAINED, seed: int = 0, **timm_kwargs: Any) -> nn.Module:
+    """SAM's image encoder as a frozen timm ``samvit`` with SAM's own LayerNorm eps (1e-6; timm's default is 1e-5),
+    as Trident uses it (:mod:`proxyclip_pl.sam_affinity`). Arguments as :func:`build_vfm`."""
+    model, kind = build_vfm(name, weights, seed=seed, **timm_kwargs)
+    if kind != "sam":
+        raise ValueError(f"--sam {name}: not a SAM image encoder (timm samvit_*), got a {kind!r} model")
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = 1e-6
+    return model

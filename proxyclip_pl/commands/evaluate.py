@@ -186,11 +186,20 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None
         load_plugin(args.method)  # fail on a bad module:factory before any process starts
     accelerator = args.accelerator = check_devices(args)  # results.json records the device actually used
     if registered(args.method):  # a wrong model name fails before the data are scanned
+        from proxyclip_pl.cli import resolve_default_towers
+        from proxyclip_pl.registry import method_spec
         from proxyclip_pl.towers import check_clip_name, check_vfm_name
 
+        resolve_default_towers(args)
         check_clip_name(args.clip)
         if uses_vfm(args):
             check_vfm_name(args.vfm)
+        if "sam" in method_spec(args.method).towers:
+            check_vfm_name(args.sam)
+        if "masks" in method_spec(args.method).towers:
+            from proxyclip_pl.region_masks import check_mask_source
+
+            check_mask_source(args.masks)
     jobs = [make_job(key, args, output_dir_of(args, key)) for key in keys]
     check_resume_early(args, jobs)
     with phase(f"building {describe_model(args)}", "model ready"):

@@ -153,7 +153,7 @@ def shared_passes(jobs: Sequence[Job]) -> list[list[Job]]:
     encoder pass per window serves the whole group. Anything else (e.g. a plug-in that does not expose its
     window embeddings) gets its own pass."""
     from datamodules.shared import image_list
-    from proxyclip_pl.segmenter import shares_encoder
+    from proxyclip_pl.shared_pass import shares_encoder
 
     groups: list[list[Job]] = []
     for job in jobs:
@@ -193,4 +193,11 @@ def describe_model(args: argparse.Namespace) -> str:
     text = f"{args.method}: CLIP {args.clip} ({resolve_clip_weights(args.clip, args.clip_weights)})"
     if uses_vfm(args):
         text += f" + VFM {args.vfm} ({args.vfm_weights})"
+    from proxyclip_pl.registry import method_spec
+
+    towers = method_spec(args.method).towers
+    if "sam" in towers:
+        text += f" + SAM {args.sam} ({args.sam_weights})"
+    if "masks" in towers:
+        text += f" + masks {args.masks}"
     return text

@@ -31,6 +31,15 @@ def tower_identities(args: argparse.Namespace) -> dict[str, Any]:
                       vfm_weights_id=weights_identity(args.vfm_weights, args.seed))
     else:
         towers.update(vfm=None, vfm_id=None, vfm_weights=None, vfm_weights_id=None)
+    if registered(args.method):  # Trident's SAM and CorrCLIP's masks: only where the method has them
+        from proxyclip_pl.registry import method_spec
+
+        spec_towers = method_spec(args.method).towers
+        if "sam" in spec_towers:
+            towers.update(sam=args.sam, sam_id=config_id(args.sam), sam_weights=args.sam_weights,
+                          sam_weights_id=weights_identity(args.sam_weights, args.seed))
+        if "masks" in spec_towers:
+            towers.update(masks=None if args.masks is None else str(args.masks))
     return towers
 
 
@@ -123,7 +132,7 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
 #: names of the towers' files and weights, whose content the ``*_id`` fields identify, and ``--pamr-steps`` as typed
 #: (the effective value is in ``protocol_settings``).
 NOT_FINGERPRINTED = ("world_size", "num_nodes", "window_batch_size", "accelerator", "clip", "clip_weights", "vfm",
-                     "vfm_weights", "seed", "pamr_steps_override")
+                     "vfm_weights", "sam", "sam_weights", "seed", "pamr_steps_override")
 
 
 #: Fingerprint fields read from the built segmenter (a resume is checked without them before the model is built).
