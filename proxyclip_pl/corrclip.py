@@ -48,8 +48,11 @@ class CorrCLIP(Segmenter):
         mask_provider: ``provider(image, image_id) -> label map [H, W] or bool masks [M, H, W]``
             (:mod:`proxyclip_pl.region_masks`); ``None``: masks must be passed to :meth:`predict`.
         instance_mask_path: shortcut for ``mask_provider=InstanceMaskFolder(instance_mask_path)``.
+        mask_folder: the benchmark's sub-folder of the cached masks (``voc``, ``context``, ``coco``, ``city``, ``ade``;
+            the native protocol's), read by :meth:`from_towers`.
         alpha, beta: weights of the spatial and semantic branches; ``tau``: temperature of the reconstructed
-            attention; ``num_spatial``: blocks averaged by the spatial branch (``None``: :data:`NUM_SPATIAL`);
+            attention; ``num_spatial``: blocks averaged by the spatial branch (``None``: :data:`NUM_SPATIAL`, else depth - 4, at
+            least 1);
             ``dbscan_eps``: mask-merging distance.
         vfm_kind: ``dino`` (DINO's positional rule).
         segmenter_kwargs: the core's settings; defaults windows 336/112, short side 336.
@@ -61,10 +64,11 @@ class CorrCLIP(Segmenter):
     pad_multiple = 56
     encoder_settings = ("vfm_kind", "mask_provider", "alpha", "beta", "tau", "num_spatial", "dbscan_eps")
     uses_original_image = True
+    protocol_options = ("mask_folder",)
 
     def __init__(self, clip_model: nn.Module, vocabulary: Sequence[Sequence[str]], *, vfm: nn.Module,
                  mask_provider: Callable[[np.ndarray, str | None], Any] | None = None,
-                 instance_mask_path: str | None = None, alpha: float = 1.0, beta: float = 0.5, tau: float = 4.0,
+                 instance_mask_path: str | None = None, mask_folder: str | None = None, alpha: float = 1.0, beta: float = 0.5, tau: float = 4.0,
                  num_spatial: int | None = None, dbscan_eps: float = 0.2, vfm_kind: str = "dino",
                  slide_crop: int = 336, slide_stride: int = 112, short_side: int = 336,
                  **segmenter_kwargs: Any) -> None:
@@ -78,21 +82,22 @@ class CorrCLIP(Segmenter):
         super().__init__(clip_model, vocabulary, slide_crop=slide_crop, slide_stride=slide_stride,
                          short_side=short_side, **segmenter_kwargs)
         depth = len(self.clip.visual.transformer.resblocks)
-        num_spatial = NUM_SPATIAL.get(depth, depth - 4) if num_spatial is None else int(num_spatial)
+        # other depths: depth - 4 (official), at least 1 (the official code fails on towers of < 5 blocks)
+        num_spatial = NUM_SPATIAL.get(depth, max(1, depth - 4)) if num_spatial is None else int(num_spatial)
         _require(1 <= num_spatial <= depth - 2, f"num_spatial must lie in [1, {depth - 2}] for a {depth}-block CLIP, "
                  f"got {num_spatial} (pass num_spatial for a shallow tower)")
         self.vfm = vfm.eval().requires_grad_(False)
         self.vfm_kind = vfm_kind
         self.mask_provider = InstanceMaskFolder(instance_mask_path) if instance_mask_path else mask_provider
+        self.mask_folder = mask_folder
         self.alpha, self.beta, self.tau = float(alpha), float(beta), float(tau)
         self.num_spatial, self.dbscan_eps = num_spatial, float(dbscan_eps)
 
     @classmethod
-    def from_towers(cls, towers: dict[str, Any], vocabulary: Sequence[Sequence[str]], mask_folder: str | None = None,
-                    **kwargs: Any) -> "CorrCLIP":
+    def from_towers(cls, towers: dict[str, Any], vocabulary: Sequence[Sequence[str]], **kwargs: Any) -> "CorrCLIP":
         """``towers["masks"]`` is ``--masks`` (a folder, ``sam2`` or ``none``); ``mask_folder`` the benchmark's
         sub-folder of the cached masks (``voc``, ``context``, ``coco``, ``city``, ``ade``)."""
-        provider = mask_source(towers["masks"], mask_folder)
+        provider = mask_source(towers["masks"], kwargs.get("mask_folder"))
         return cls(towers["clip"], vocabulary, vfm=towers["vfm"], mask_provider=provider, **kwargs)
 
     # ------------------------------------------------------------------------------------ inputs

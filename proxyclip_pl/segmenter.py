@@ -91,6 +91,8 @@ class Segmenter(nn.Module):
     encoder_settings: tuple[str, ...] | None = None
     #: whether :meth:`image_inputs` needs the original image: the evaluator then reads it (and the sample id).
     uses_original_image: bool = False
+    #: the method's own per-benchmark settings (:attr:`Protocol.options`), reported by :attr:`protocol`.
+    protocol_options: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -181,7 +183,8 @@ class Segmenter(nn.Module):
     def protocol(self) -> Protocol:
         """The inference protocol this segmenter runs (validated)."""
         return Protocol(self.short_side, self.long_side_cap, self.slide_crop, self.slide_stride, self.logit_scale,
-                        self.prob_thd, self.area_thd, self.pamr_steps)
+                        self.prob_thd, self.area_thd, self.pamr_steps,
+                        tuple((name, getattr(self, name)) for name in self.protocol_options))
 
     def state_fingerprint(self) -> str:
         """Hex sha256 of the class and every parameter and buffer (the towers' weights) by name, dtype, shape and
@@ -239,7 +242,7 @@ class Segmenter(nn.Module):
         with autocast_off(embeddings.device):
             embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
             logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
-            return logits.reshape(embeddings.shape[0], -1, *grid)
+            return logits.reshape(embeddings.shape[0], -1, *grid).contiguous()  # one memory layout: bitwise-equal interpolation in every pass
 
     @torch.no_grad()
     def grid_logits(self, windows: torch.Tensor) -> torch.Tensor:

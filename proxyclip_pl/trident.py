@@ -102,6 +102,7 @@ class Trident(Segmenter):
     std = tuple(s / 255.0 for s in OFFICIAL_STD)
     encoder_settings = ("vfm_kind", "beta", "gamma", "cos_fac", "refine_neg_cos", "dataset_type")
     uses_original_image = True
+    protocol_options = ("cos_fac", "refine_neg_cos", "dataset_type")
 
     def __init__(self, clip_model: nn.Module, vocabulary: Sequence[Sequence[str]], *, vfm: nn.Module,
                  sam: nn.Module, beta: float = 1.2, gamma: float = 3.0, cos_fac: float = 1.2,
@@ -253,8 +254,10 @@ TRIDENT_INFO = MethodInfo(
 )
 
 
-def _trident(short_side: int, prob_thd: float = 0.0, stride: int = 224, **options: Any) -> Protocol:
-    return Protocol(short_side, 2048, 336, stride, 40.0, prob_thd, None, 0, options=tuple(options.items()))
+def _trident(short_side: int, prob_thd: float = 0.0, stride: int = 224, cos_fac: float = 1.2,
+             refine_neg_cos: bool = True, dataset_type: str = "PascalVOCDataset") -> Protocol:
+    return Protocol(short_side, 2048, 336, stride, 40.0, prob_thd, None, 0,
+                    options=(("cos_fac", cos_fac), ("refine_neg_cos", refine_neg_cos), ("dataset_type", dataset_type)))
 
 
 TRIDENT_SPEC = MethodSpec(

@@ -20,8 +20,10 @@ os.environ.setdefault("PROXYCLIP_CACHE", tempfile.mkdtemp(prefix="proxyclip_test
 def towers(tmp_path_factory) -> dict[str, str]:
     """The tiny towers as build options (``build_segmenters(method, jobs, **towers)``): the shipped-shape tiny CLIP
     and DINO configs with seeded random weights and a throw-away text cache, shared by the whole session."""
-    from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
+    from tiny_models import write_tiny_clip_config, write_tiny_sam_spec, write_tiny_vfm_spec
 
     d = tmp_path_factory.mktemp("towers")
     return {"clip": str(write_tiny_clip_config(d)), "clip_weights": "random", "text_cache_dir": str(d / "cache"),
-            "vfm": str(write_tiny_vfm_spec(d)), "vfm_weights": "random"}
+            "vfm": str(write_tiny_vfm_spec(d)), "vfm_weights": "random",
+            # Trident's SAM and CorrCLIP's masks (no masks: one region); unused by the other methods
+            "sam": str(write_tiny_sam_spec(d)), "sam_weights": "random", "masks": "none"}

@@ -26,6 +26,23 @@ TINY_VFMS = {
 }
 
 
+#: Trident's SAM tower: the VFM's tiny samvit with a 256 input (16 x 16 tokens; SAM's own is 1024).
+TINY_SAM = (TINY_VFMS["sam"][0], {**TINY_VFMS["sam"][1], "img_size": 256})
+
+
+def write_tiny_sam_spec(folder: Path) -> Path:
+    path = Path(folder) / "tiny_sam_encoder.json"
+    path.write_text(json.dumps({"model_name": TINY_SAM[0], "kind": "sam", "kwargs": TINY_SAM[1]}))
+    return path
+
+
+def tiny_sam(seed: int = 0):
+    """Tiny SAM image encoder as Trident's tower (SAM's LayerNorm eps, :func:`proxyclip_pl.towers.build_sam`)."""
+    from proxyclip_pl.towers import build_sam
+
+    return build_sam(TINY_SAM[0], "random", seed=seed, **TINY_SAM[1])
+
+
 def write_tiny_clip_config(folder: Path) -> Path:
     path = Path(folder) / "tiny_clip.json"
     path.write_text(json.dumps(TINY_CLIP_CONFIG))

@@ -181,7 +181,7 @@ def uses_vfm(args: argparse.Namespace, spec_only: bool = False) -> bool:
         return False
     from proxyclip_pl.registry import method_spec
 
-    return method_spec(args.method).uses_vfm and (spec_only or str(args.vfm).lower() != "none")
+    return method_spec(args.method).uses_vfm and (spec_only or args.vfm is None or str(args.vfm).lower() != "none")
 
 
 def describe_model(args: argparse.Namespace) -> str:

@@ -23,6 +23,10 @@ def tower_identities(args: argparse.Namespace) -> dict[str, Any]:
     def config_id(name: str) -> str:
         return f"sha256:{file_fingerprint(name)}" if name.endswith(".json") and Path(name).is_file() else name
 
+    if registered(args.method):
+        from proxyclip_pl.cli import resolve_default_towers
+
+        resolve_default_towers(args)
     clip_weights = resolve_clip_weights(args.clip, args.clip_weights)
     towers = {"clip": args.clip, "clip_id": config_id(args.clip), "clip_weights": clip_weights,
               "clip_weights_id": weights_identity(clip_weights, args.seed)}
@@ -146,7 +150,7 @@ def fingerprint(args: argparse.Namespace, job: "Job") -> dict[str, Any]:
     and the device may change."""
     config = configuration(args, job, 1)
     for name in NOT_FINGERPRINTED:
-        config.pop(name)
+        config.pop(name, None)  # sam/sam_weights: only where the method has a SAM tower
     ids = dataset_ids(job.dataset)
     key = job.key
     return {**config, "dataset": key if not is_card(key) else str(Path(key).resolve()),

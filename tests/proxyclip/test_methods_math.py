@@ -581,7 +581,7 @@ def test_native_protocol_rows_match_official_configs(method, dataset):
 
 
 def test_native_protocol_tables_complete_and_read_only():
-    assert set(NATIVE_PROTOCOLS) == set(METHODS) == {"sclip", "naclip", "clearclip"}
+    assert set(NATIVE_PROTOCOLS) == set(METHODS) == {"sclip", "naclip", "clearclip", "trident", "corrclip"}
     assert set(REPORTED_MIOU) == set(METHODS) | {"proxyclip"}  # ProxyCLIP's paper row too
     assert set(OFFICIAL_CONFIGS) == set(DATASETS)
     for method in NATIVE_PROTOCOLS:

@@ -53,11 +53,20 @@ def test_method_segments_and_batches_exactly_on_tiny_towers(name, towers):
     protocol = protocol_for(name, "voc20", "native")
     model = build_segmenters(name, {0: (vocabulary, protocol)}, **options)[0]
     assert isinstance(model, spec.segmenter) and model.protocol == protocol
-    windows = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
-    batched = model.grid_logits(windows)
-    single = torch.cat([model.grid_logits(w[None]) for w in windows])
-    assert batched.shape[:2] == (3, 4) and torch.allclose(batched, single, atol=1e-5)
-    labels = model.predict((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8))
+    rgb = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    if spec.segmenter.uses_original_image:  # a whole-image method: windows per encoder call change nothing
+        image = model.preprocess(rgb)
+        inputs = model.image_inputs(rgb, None)
+        model.window_batch_size = 3
+        batched = model.slide_logits(image, **inputs)
+        model.window_batch_size = 1
+        assert batched.shape[:2] == (1, 4) and torch.allclose(batched, model.slide_logits(image, **inputs), atol=1e-5)
+    else:
+        windows = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+        batched = model.grid_logits(windows)
+        single = torch.cat([model.grid_logits(w[None]) for w in windows])
+        assert batched.shape[:2] == (3, 4) and torch.allclose(batched, single, atol=1e-5)
+    labels = model.predict(rgb)
     assert labels.shape == (50, 70) and 0 <= int(labels.min()) and int(labels.max()) < 3
 
 
@@ -337,7 +346,7 @@ def test_encoder_config_declares_every_setting_and_is_hashable(name, towers):
 
 
 def test_a_plugin_that_declares_no_encoder_settings_is_compared_on_every_attribute(towers):
-    from proxyclip_pl.segmenter import shares_encoder
+    from proxyclip_pl.shared_pass import shares_encoder
 
     options = {k: v for k, v in towers.items() if not k.startswith("vfm")}
     a, b = build_segmenters("maskclip", {0: ([["sky"]], PROXYCLIP_PROTOCOLS["voc21"]),

@@ -22,7 +22,7 @@ from proxyclip_pl.evaluation import BenchmarkEvaluator, BenchmarkScore
 from proxyclip_pl.factory import build_segmenters
 from proxyclip_pl.native_protocols import protocol_for
 from proxyclip_pl.records import RECORDS_DIR, read_records
-from proxyclip_pl.segmenter import shared_slide_logits, shares_encoder
+from proxyclip_pl.shared_pass import shared_slide_logits, shares_encoder
 from proxyclip_pl.vocabulary import load_vocabulary
 from script_runs import run_test_script
 from tiny_models import write_tiny_clip_config, write_tiny_vfm_spec
