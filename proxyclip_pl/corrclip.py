@@ -59,10 +59,10 @@ class CorrCLIP(Segmenter):
     """
 
     method = "corrclip"
-    mean = tuple(m / 255.0 for m in OFFICIAL_MEAN)
-    std = tuple(s / 255.0 for s in OFFICIAL_STD)
+    # CLIP input: open_clip's exact mean/std (the core's), so that DINO's input, the official CLIP input
+    # un-normalised with those constants, is the [0, 1] window itself, padding included
     pad_multiple = 56
-    encoder_settings = ("vfm_kind", "mask_provider", "alpha", "beta", "tau", "num_spatial", "dbscan_eps")
+    encoder_settings = ("vfm_kind", "mask_provider", "mask_folder", "alpha", "beta", "tau", "num_spatial", "dbscan_eps")
     uses_original_image = True
     protocol_options = ("mask_folder",)
 
@@ -267,6 +267,9 @@ CORRCLIP_INFO = MethodInfo(
         "needs region masks (cached SAM2 masks or online SAM2)",
         "CLIP: MetaCLIP ViT-B/16 (metaclip_fullcc, QuickGELU); DINO ViT-B/8",
         "test short side 336 (cityscapes/ade20k 448); windows 336/112 (cityscapes 224/112)",
+        "here: CLIP input normalised with open_clip's exact constants (official: the x255-rounded ones, relative "
+        "difference < 1e-5), so DINO's input, official CLIP input un-normalised with the exact constants, is the "
+        "window itself",
     ),
 )
 
@@ -278,8 +281,8 @@ def _corrclip(folder: str, prob_thd: float = 0.0, short_side: int = 336, slide_c
 CORRCLIP_SPEC = MethodSpec(
     "corrclip", CorrCLIP, towers=("clip", "vfm", "masks"),
     protocols=MappingProxyType({
-        "voc21": _corrclip("voc", 0.2), "voc20": _corrclip("voc"), "context60": _corrclip("context", 0.15),
-        "context59": _corrclip("context"), "coco_object": _corrclip("coco", 0.25), "coco_stuff": _corrclip("coco"),
+        "voc21": _corrclip("voc", 0.2), "context60": _corrclip("context", 0.15), "coco_object": _corrclip("coco", 0.25),
+        "voc20": _corrclip("voc"), "context59": _corrclip("context"), "coco_stuff": _corrclip("coco"),
         "cityscapes": _corrclip("city", short_side=448, slide_crop=224), "ade20k": _corrclip("ade", short_side=448),
     }),
     published=MappingProxyType({"voc21": 74.8, "voc20": 88.8, "context59": 48.8, "context60": 44.2,

@@ -92,7 +92,7 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
     return {
         "method": args.method,
         "protocol": args.protocol,
-        "protocol_settings": dataclasses.asdict(protocol),
+        "protocol_settings": {**dataclasses.asdict(protocol), "options": dict(protocol.options)},
         "pamr_steps_override": args.pamr_steps,
         "segmenter": f"{type(model).__module__}.{type(model).__qualname__}",
         **towers,
