@@ -25,6 +25,7 @@ from datamodules.io import read_image
 
 from .metrics import SegmentationIoU
 from .records import RecordWriter, sparse
+from .resources import device_name, peak_memory_mib, reset_peak_memory
 from .shared_pass import shared_slide_logits, shares_encoder
 from .visualize import show_panel
 from .result_files import write_json_atomic, write_per_image_csv
@@ -211,7 +212,9 @@ class BenchmarkScore(nn.Module):
         # the process group initialised: computed from the states, no collective, or it would wait for ranks
         # that never call it.
         results = results_from_states(self.metric.states(), self.metric.num_samples)
-        return self.publish(True, {"windows_encoded": 0}, collective=False, results=results)
+        device = torch.device("cpu")
+        return self.publish(True, {"windows_encoded": 0, "peak_memory_mib": round(peak_memory_mib(device), 1),
+                                   "device": device_name(device)}, collective=False, results=results)
 
     def _gather_per_image(self, collective: bool = True) -> list[dict[str, Any]]:
         """Every rank's per-image rows on every rank (a collective unless ``collective`` is off), in dataset order."""
@@ -311,6 +314,7 @@ class BenchmarkEvaluator(pl.LightningModule):
         return None if any(c is None for c in counts) else sum(counts)
 
     def on_test_epoch_start(self) -> None:
+        reset_peak_memory(self.device)
         self._windows = self.windows_encoded()
         for score in self.scores:
             score.start(self.trainer.is_global_zero)
@@ -320,8 +324,12 @@ class BenchmarkEvaluator(pl.LightningModule):
         if windows is not None:  # this run's windows, all ranks (a collective)
             local = torch.tensor(windows - self._windows, device=self.device, dtype=torch.long)
             windows = int(self.trainer.strategy.reduce(local, reduce_op="sum").item())
+        # the peak over every process (a collective), and what it ran on
+        peak = torch.tensor(peak_memory_mib(self.device), device=self.device, dtype=torch.float64)
+        peak = round(float(self.trainer.strategy.reduce(peak, reduce_op="max").item()), 1)
+        extra = {"windows_encoded": windows, "peak_memory_mib": peak, "device": device_name(self.device)}
         for score in self.scores:
-            results = score.publish(self.trainer.is_global_zero, {"windows_encoded": windows})
+            results = score.publish(self.trainer.is_global_zero, extra)
         if len(self.scores) == 1:
             for key in ("mIoU", "mAcc", "aAcc"):
                 self.log(key, results[key], sync_dist=False, rank_zero_only=True)

@@ -117,6 +117,9 @@ def evaluate_pass(group: Sequence[Job], args: argparse.Namespace, accelerator: s
             "metric_arithmetic": "mmseg_histc" if job.preset.mmseg_histc else "strict",
             "seconds": round(seconds, 2),
             "images_per_second": round(evaluated / seconds, 3) if seconds > 0 else None,
+            # max over the processes: CUDA max_memory_allocated, or the process's peak RSS on the CPU
+            "peak_memory_mib": results.get("peak_memory_mib"),
+            "device": results.get("device"),
             # one encoder pass served these benchmarks; its windows (all ranks, this run) are counted once
             "shared_pass": [j.key for j in group],
             "windows_encoded": results["windows_encoded"],

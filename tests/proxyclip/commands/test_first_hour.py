@@ -137,6 +137,12 @@ def test_main_job_prints_progress_not_noise_and_two_runs_get_their_own_folders(m
         assert re.search(r"done in [0-9.]+ s; results in outputs/proxyclip_voc21\+voc20_", r.stderr), r.stderr
     folders = sorted((d / "outputs").iterdir())
     assert len(folders) == 2 and all((f / "voc21" / "results.json").is_file() for f in folders)
+    # speed, memory and device of the shared pass, the same in each of its benchmarks
+    voc21, voc20 = (json.loads((folders[0] / k / "results.json").read_text()) for k in ("voc21", "voc20"))
+    for key in ("seconds", "images_per_second", "peak_memory_mib", "device"):
+        assert voc21[key] == voc20[key] and voc21[key], key
+    assert voc21["device"] == "cpu" and 100 < voc21["peak_memory_mib"] < 24 * 1024
+    assert abs(voc21["images_per_second"] - 4 / voc21["seconds"]) < 0.05 * voc21["images_per_second"]
     for f, r in zip(folders, (first, second)):
         assert f"output: outputs/{f.name}" in r.stderr  # printed at the start too
 
@@ -152,7 +158,10 @@ def test_two_processes_share_the_default_folder_and_no_reduction_warning(mini):
     for noise in NOISE:
         assert noise not in r.stderr + r.stdout, noise
     (folder,) = (work / "outputs").iterdir()
-    assert json.loads((folder / "results.json").read_text())["config"]["world_size"] == 2
+    results = json.loads((folder / "results.json").read_text())
+    assert results["config"]["world_size"] == 2
+    # the peak over both processes (each holds the towers: well above an empty interpreter's)
+    assert results["device"] == "cpu" and 100 < results["peak_memory_mib"] < 24 * 1024
 
 
 # ---------------------------------------------------------------------------------------- 5. offline
