@@ -23,12 +23,16 @@ FOLDER_DIGESTS = {
     "sclip": "e1af4bb37aa0cfc9138d1431dc070177a3b32d6e11f0179cf2dbaf246ee41755",
     "naclip": "e1af4bb37aa0cfc9138d1431dc070177a3b32d6e11f0179cf2dbaf246ee41755",
     "clearclip": "4f257950462044b439732c5385bee5745206731ab7707f97ffdbd1f9a446bdb8",
+    "trident": "2f368c8f50a7d19bd6ffb9558605d590b8480452bc52391f6410ad5ecad8e82b",
+    "corrclip": "d6e93bd8fc1bf60bfed8762c83e107955a5a31cbe409dc3cb5a0a3ca02df6876",
 }
 #: (classes, queries) of the official files that differ from ProxyCLIP's in count; every other file of the three
 #: methods has one query per class.
 COUNTS = {
     ("sclip", "voc21"): (21, 56), ("sclip", "voc20"): (20, 30), ("sclip", "coco_object"): (81, 113),
     ("naclip", "voc21"): (21, 56), ("naclip", "voc20"): (20, 30), ("naclip", "coco_object"): (81, 113),
+    ("trident", "voc21"): (21, 46), ("trident", "coco_object"): (81, 97),
+    ("corrclip", "voc21"): (21, 46), ("corrclip", "coco_object"): (81, 96),
 }
 
 

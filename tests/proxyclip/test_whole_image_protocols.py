@@ -1,0 +1,75 @@
+"""Trident's and CorrCLIP's registry entries against their official configs (transcribed here from
+YuHengsss/Trident@a93b346 ``configs/`` and zdk258/CorrCLIP@103bc18 ``CorrCLIPv1/configs/``), published numbers and
+class-name files."""
+from __future__ import annotations
+
+import pytest
+
+from proxyclip_pl.native_protocols import DATASETS, protocol_for
+from proxyclip_pl.query_vocabularies import query_vocabulary
+from proxyclip_pl.registry import method_spec
+
+# cfg_<dataset>.py: Resize short side, then the model=dict(...) values on the class / base_config defaults
+# (Trident base_config: slide_crop 336, slide_stride 224, cos_fac 1.2, refine_neg_cos True; logit_scale 40)
+TRIDENT = {
+    "voc21": (448, dict(prob_thd=0.2)),
+    "context60": (576, dict(prob_thd=0.15)),
+    "coco_object": (448, dict(prob_thd=0.25)),
+    "voc20": (336, dict(slide_stride=112, cos_fac=0.0)),
+    "context59": (576, {}),
+    "coco_stuff": (448, {}),
+    "cityscapes": (688, dict(dataset_type="CityscapesDataset", cos_fac=3.0, refine_neg_cos=False)),
+    "ade20k": (576, dict(refine_neg_cos=False)),
+}
+TRIDENT_DEFAULTS = dict(slide_crop=336, slide_stride=224, prob_thd=0.0, cos_fac=1.2, refine_neg_cos=True,
+                        dataset_type="PascalVOCDataset")
+# CorrCLIPSegmentation defaults: slide_crop 336, slide_stride 112, prob_thd 0, logit_scale 40
+CORRCLIP = {
+    "voc21": (336, dict(prob_thd=0.2, mask_folder="voc")),
+    "context60": (336, dict(prob_thd=0.15, mask_folder="context")),
+    "coco_object": (336, dict(prob_thd=0.25, mask_folder="coco")),
+    "voc20": (336, dict(mask_folder="voc")),
+    "context59": (336, dict(mask_folder="context")),
+    "coco_stuff": (336, dict(mask_folder="coco")),
+    "cityscapes": (448, dict(slide_crop=224, mask_folder="city")),
+    "ade20k": (448, dict(mask_folder="ade")),
+}
+CORRCLIP_DEFAULTS = dict(slide_crop=336, slide_stride=112, prob_thd=0.0)
+PUBLISHED = {  # README tables, ViT-B/16 (CorrCLIP: SAM2 masks, 32 points per side)
+    "trident": (67.1, 38.6, 41.1, 84.5, 42.2, 28.3, 42.9, 21.9),
+    "corrclip": (74.8, 44.2, 43.7, 88.8, 48.8, 31.6, 49.4, 26.9),
+}
+
+
+@pytest.mark.parametrize("method, table, defaults", [("trident", TRIDENT, TRIDENT_DEFAULTS),
+                                                     ("corrclip", CORRCLIP, CORRCLIP_DEFAULTS)])
+@pytest.mark.parametrize("key", DATASETS)
+def test_native_protocol_is_the_official_config(method, table, defaults, key):
+    short, overrides = table[key]
+    config = {**defaults, **overrides}
+    protocol = protocol_for(method, key, "native")
+    assert (protocol.short_side, protocol.long_side_cap, protocol.logit_scale) == (short, 2048, 40.0)
+    assert (protocol.slide_crop, protocol.slide_stride, protocol.prob_thd) == (
+        config["slide_crop"], config["slide_stride"], config["prob_thd"])
+    assert protocol.area_thd is None and protocol.pamr_steps == 0
+    options = dict(protocol.options)
+    assert options == {k: config[k] for k in options} and set(options) == set(config) - set(CORRCLIP_DEFAULTS)
+
+
+@pytest.mark.parametrize("method", sorted(PUBLISHED))
+def test_published_row_and_official_towers(method):
+    spec = method_spec(method)
+    assert tuple(spec.published[key] for key in DATASETS) == PUBLISHED[method]
+    assert spec.default_towers["vfm"] == {"trident": "vit_base_patch16_224.dino",
+                                          "corrclip": "vit_base_patch8_224.dino"}[method]
+    assert spec.default_towers["clip_weights"] == {"trident": "openai", "corrclip": "metaclip_fullcc"}[method]
+
+
+@pytest.mark.parametrize("method", sorted(PUBLISHED))
+def test_native_vocabulary_reads_the_official_files_split_on_semicolons(method):
+    vocab = query_vocabulary(method, "voc21", "native")
+    assert len(vocab.vocabulary) == 21 and len(vocab.vocabulary[0]) > 1  # background's synonyms
+    assert all(len(names) == 1 for names in vocab.vocabulary[1:])
+    assert vocab.vocabulary[1] == ["aeroplane"]
+    assert len(query_vocabulary(method, "context59", "native").vocabulary) == 59
+    assert vocab.source.startswith({"trident": "YuHengsss/Trident@a93b346", "corrclip": "zdk258/CorrCLIP@103bc18"}[method])
