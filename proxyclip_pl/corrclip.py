@@ -5,7 +5,7 @@ which patches attend to each other ("scope"), DINO's ``q + k`` similarities give
 which re-aggregate CLIP's last-block values of two branches (the last block's input, and the mean of some middle
 blocks' outputs); a third branch reads one region token per mask (a copy of the class token that attends only to
 its region). ``ln_post`` of each, summed with weights ``alpha``/``beta``, ``proj``, cosine logits. After the usual
-post-processing every region of the original-size mask takes its most frequent class. docs/method_notes.md.
+post-processing every region of the original-size mask takes its most frequent class. docs/methods.md, 'CorrCLIP'.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ proxy attention from DINO's patch similarities (mean over ALL windows of the ima
 spliced onto one canvas (averaged where windows overlap); SAM's encoder, run once on the whole image, gives an
 affinity over its grid (:mod:`proxyclip_pl.sam_affinity`) that re-aggregates the canvas; ``ln_post`` and ``proj``
 give the embeddings matched against the text. Post-processing is the core's (bilinear to the original size,
-softmax of ``logit_scale`` x logits, max over synonyms, argmax, ``prob_thd``). docs/method_notes.md, 'Trident'.
+softmax of ``logit_scale`` x logits, max over synonyms, argmax, ``prob_thd``). docs/methods.md, 'Trident'.
 """
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 import proxyclip_pl
@@ -113,15 +114,55 @@ def build_model(args: argparse.Namespace, vocabulary):
     return proxyclip_pl.build_segmenter(args.method, vocabulary, protocol, device=args.device, **kwargs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def class_vocabulary(classes: Sequence[str], background: str | None = None) -> list[list[str]]:
+    """The vocabulary of ``--classes`` (and ``--background``, class 0): one entry per class, synonyms split on
+    ``'; '``, the first name of an entry its display name. ``ValueError`` for an empty entry, a line break or an
+    entry given twice."""
     from proxyclip_pl.vocabulary import parse_vocabulary  # here: open_clip, only once the arguments are valid
 
-    lines = ([args.background] if args.background else []) + list(args.classes)
+    lines = ([background] if background else []) + list(classes)
     if any(len(line.splitlines()) != 1 or not line.strip() for line in lines):
         raise ValueError("every --classes / --background entry needs at least one name (and no line break)")
     source = "class list (--background first, then --classes; one entry per line)"
-    vocabulary = parse_vocabulary("\n".join(lines), source=source)
+    return parse_vocabulary("\n".join(lines), source=source)
+
+
+def display_names(vocabulary: Sequence[Sequence[str]]) -> list[str]:
+    """Each class's display name: the first of its synonyms."""
+    return [names[0] for names in vocabulary]
+
+
+def predict_labels(model, image: np.ndarray) -> np.ndarray:
+    """[H, W] uint8 class ids of ``image`` (uint8 RGB as :func:`datamodules.io.read_image` returns it)."""
+    return model.predict(image).cpu().numpy().astype("uint8")
+
+
+def overlay_picture(image: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> Image.Image:
+    """The ``--out`` picture: the class colours blended over ``image`` at OVERLAY_ALPHA, the legend on the right."""
+    return add_legend(overlay(image, labels, OVERLAY_ALPHA), labels, names, alpha=OVERLAY_ALPHA)
+
+
+def label_picture(labels: np.ndarray) -> Image.Image:
+    """The ``--labels-out`` picture: the class ids as a single-channel uint8 image."""
+    return Image.fromarray(labels, mode="L")
+
+
+def pixel_counts(labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    """Display name -> number of pixels of that class, in class order (every class, also those with none)."""
+    return {names[c]: int((labels == c).sum()) for c in range(len(names))}
+
+
+def write_results(image: np.ndarray, labels: np.ndarray, names: Sequence[str], out: str | os.PathLike,
+                  labels_out: str | os.PathLike | None = None) -> None:
+    """Save the overlay with its legend to ``out`` and, when given, the label map to ``labels_out``."""
+    overlay_picture(image, labels, names).save(out)
+    if labels_out:
+        label_picture(labels).save(labels_out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    vocabulary = class_vocabulary(args.classes, args.background)
     if args.prob_thd > 0 and not args.background:
         raise ValueError("--prob-thd needs --background: low-confidence pixels go to the background class 0")
     image = read_image(args.image)
@@ -131,12 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output(args.labels_out, "--labels-out")
 
     model = build_model(args, vocabulary)
-    labels = model.predict(image).cpu().numpy().astype("uint8")
-    names = [names[0] for names in vocabulary]
-    add_legend(overlay(image, labels, OVERLAY_ALPHA), labels, names, alpha=OVERLAY_ALPHA).save(args.out)
-    if args.labels_out:
-        Image.fromarray(labels, mode="L").save(args.labels_out)
-    counts = {names[c]: int((labels == c).sum()) for c in range(len(names))}
+    labels = predict_labels(model, image)
+    names = display_names(vocabulary)
+    write_results(image, labels, names, args.out, args.labels_out)
+    counts = pixel_counts(labels, names)
     print(" ".join(f"{name}={n}" for name, n in counts.items() if n))
     return 0
 
