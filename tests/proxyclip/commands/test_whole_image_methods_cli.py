@@ -80,3 +80,24 @@ def test_corrclip_input_mistakes_are_one_line(mini, tmp_path):
     lines = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
     assert missing.returncode == 2 and len(lines) == 1, missing.stderr[-2000:]
     assert "no region mask for image 2007_" in lines[0] and "dk258/CorrCLIP" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["trident", "corrclip"])
+def test_every_benchmark_runs_under_the_native_protocol(method, tmp_path):
+    from datamodules.synthetic import make_fake_benchmark
+    from proxyclip_pl.native_protocols import DATASETS
+
+    for key in DATASETS:
+        make_fake_benchmark(key, tmp_path / "data", 1, sizes=((60, 80),))
+    flags = ["--data", "all", "--method", method, "--data-root", str(tmp_path / "data"), "--clip",
+             str(write_tiny_clip_config(tmp_path)), "--clip-weights", "random", "--vfm",
+             str(write_tiny_vfm_spec(tmp_path)), "--vfm-weights", "random", "--sam", str(write_tiny_sam_spec(tmp_path)),
+             "--sam-weights", "random", "--masks", "none", "--num-workers", "0", "--output-dir", str(tmp_path / "out"),
+             "--text-cache-dir", str(tmp_path / "cache")]
+    r = run_test_script(flags)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for key in DATASETS:
+        res = results(tmp_path / "out", key)
+        assert res["num_images"] == 1 and res["config"]["protocol_settings"]["options"] == dict(
+            protocol_for(method, key).options)
