@@ -73,3 +73,22 @@ def test_native_vocabulary_reads_the_official_files_split_on_semicolons(method):
     assert vocab.vocabulary[1] == ["aeroplane"]
     assert len(query_vocabulary(method, "context59", "native").vocabulary) == 59
     assert vocab.source.startswith({"trident": "YuHengsss/Trident@a93b346", "corrclip": "zdk258/CorrCLIP@103bc18"}[method])
+
+
+def test_mask_sources_and_their_one_line_errors(tmp_path, monkeypatch):
+    import sys
+
+    from proxyclip_pl.region_masks import InstanceMaskFolder, NoMasks, check_mask_source, mask_source
+
+    (tmp_path / "voc").mkdir()
+    assert mask_source(str(tmp_path), "voc") == InstanceMaskFolder(tmp_path / "voc")  # the benchmark's sub-folder
+    assert mask_source(str(tmp_path), "ade") == InstanceMaskFolder(tmp_path)  # none: the folder itself (a card)
+    assert mask_source("none") == NoMasks() and mask_source("NONE", "voc") == NoMasks()
+    with pytest.raises(ValueError, match="--masks DIR .* --masks sam2 .* --masks none"):
+        check_mask_source(None)
+    with pytest.raises(FileNotFoundError, match="no/such: no such folder"):
+        check_mask_source("no/such")
+    monkeypatch.setitem(sys.modules, "sam2", None)  # the optional extra is not installed
+    monkeypatch.setitem(sys.modules, "sam2.build_sam", None)
+    with pytest.raises(ValueError, match=r"pip install 'proxyclip_pl\[sam2\]'"):
+        mask_source("sam2")
