@@ -24,9 +24,7 @@ point (``slide_logits``, ``segment_resized``, ``postprocess``, ``predict``, shar
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import open_clip
@@ -242,7 +240,8 @@ class Segmenter(nn.Module):
         with autocast_off(embeddings.device):
             embeddings = F.normalize(embeddings.to(self.text_embeddings.dtype), dim=-1)
             logits = (embeddings @ self.text_embeddings.T).transpose(1, 2)
-            return logits.reshape(embeddings.shape[0], -1, *grid).contiguous()  # one memory layout: bitwise-equal interpolation in every pass
+            # contiguous: one memory layout, so the window upsampling is bitwise equal in shared and separate passes
+            return logits.reshape(embeddings.shape[0], -1, *grid).contiguous()
 
     @torch.no_grad()
     def grid_logits(self, windows: torch.Tensor) -> torch.Tensor:
