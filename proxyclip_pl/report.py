@@ -105,6 +105,8 @@ def read_result(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in res]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: is it a proxyclip-test results.json?")
+    if not res["per_class_iou"]:
+        raise ValueError(f"{path}: 'per_class_iou' is empty: a benchmark has at least one class")
     if not isinstance(res["dataset"], str) or not res["dataset"]:
         raise ValueError(f"{path}: 'dataset' must be a benchmark key, got {res['dataset']!r}")
     if number(res["mIoU"]) is None:

@@ -22,6 +22,11 @@ def _pyplot():
     return plt
 
 
+def _text(text: str) -> str:
+    """A name as literal plot text (matplotlib reads ``$...$`` as mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(fig) -> bytes:
     plt = _pyplot()
     buf = io.BytesIO()
@@ -50,7 +55,7 @@ def pareto_png(runs: Sequence[Run]) -> bytes:
         xs, ys = [p[1] for p in points], [p[2] for p in points]
         ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
         for name, x, y in points:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate(_text(name), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         front = pareto_front(points)
         if len(front) > 1:
             ax.step([p[1] for p in front], [p[2] for p in front], where="post", linestyle="--",
@@ -65,11 +70,11 @@ def pareto_png(runs: Sequence[Run]) -> bytes:
     else:
         ax.text(0.5, 0.5, "no run to place", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("images per second")
-    ax.set_ylabel(ylabel, fontsize=8 if len(ylabel) > 50 else 10)
-    ax.set_title("mIoU against speed (" + ", ".join(run.name for run in runs) + ")", fontsize=9)
+    ax.set_ylabel(_text(ylabel), fontsize=8 if len(ylabel) > 50 else 10)
+    ax.set_title(_text("mIoU against speed (" + ", ".join(run.name for run in runs) + ")"), fontsize=9)
     ax.grid(True, alpha=0.3)
     if skipped:
-        fig.text(0.01, 0.01, "not placed: " + "; ".join(skipped), fontsize=7, color="tab:red")
+        fig.text(0.01, 0.01, _text("not placed: " + "; ".join(skipped)), fontsize=7, color="tab:red")
     fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
     return _png(fig)
 
@@ -84,14 +89,18 @@ def per_class_png(runs: Sequence[Run]) -> bytes:
     keys = [*table, *others]
     ncols = min(4, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    max_classes = max(len(run.results[k]["per_class_iou"]) for run in runs for k in run.results)
-    panel_h = min(20.0, 1.5 + 0.22 * max_classes)
+
+    def classes(key: str) -> int:
+        return max(len(run.results[key]["per_class_iou"]) for run in runs if key in run.results)
+
+    # each row of panels as tall as its longest class list needs (capped: ADE-847 gets no class labels)
+    heights = [min(16.0, 1.6 + 0.18 * max(classes(k) for k in keys[r * ncols:(r + 1) * ncols]))
+               for r in range(nrows)]
     longest = max(len(str(c)) for run in runs for res in run.results.values() for c in res["per_class_iou"])
     panel_w = 1.2 + 0.07 * min(longest, 40) + 0.55 * len(runs)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.0, panel_w * ncols + 1.5), max(3.0, panel_h * nrows)),
-                             squeeze=False, layout="constrained")
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.0, panel_w * ncols + 1.5), max(3.0, sum(heights))),
+                             squeeze=False, layout="constrained", gridspec_kw={"height_ratios": heights})
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = None
     for ax, key in zip(axes.flat, keys):
         names = next(run.results[key]["per_class_iou"] for run in runs if key in run.results)
@@ -100,9 +109,9 @@ def per_class_png(runs: Sequence[Run]) -> bytes:
                           dtype=float)  # None -> nan
         image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0.0, vmax=100.0,
                           interpolation="nearest")
-        ax.set_xticks(range(len(have)), [run.name for run in have], rotation=45, ha="right", fontsize=7)
+        ax.set_xticks(range(len(have)), [_text(run.name) for run in have], rotation=45, ha="right", fontsize=7)
         if len(names) <= 150:
-            ax.set_yticks(range(len(names)), list(names), fontsize=6 if len(names) > 40 else 7)
+            ax.set_yticks(range(len(names)), [_text(c) for c in names], fontsize=6 if len(names) > 40 else 7)
         else:
             ax.set_ylabel(f"{len(names)} classes (label order)", fontsize=7)
         if len(names) <= 40 and len(have) <= 8:
@@ -110,11 +119,11 @@ def per_class_png(runs: Sequence[Run]) -> bytes:
                 if not np.isnan(v):
                     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=5,
                             color="white" if v < 50 else "black")
-        ax.set_title(key, fontsize=9)
+        ax.set_title(_text(key), fontsize=9)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="IoU (%)")
+        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="IoU (%)")
     fig.suptitle("per-class IoU (grey: undefined)", fontsize=10)
     return _png(fig)
 
