@@ -14,17 +14,6 @@ from pathlib import Path
 import pytest
 from paths import ROOT
 
-#: console script -> (its module in proxyclip_pl.commands, its launcher in scripts/)
-PROGRAMS = {
-    "proxyclip-test": ("evaluate", "test.py"),
-    "proxyclip-segment": ("segment", "segment.py"),
-    "proxyclip-prepare": ("prepare", "prepare_data.py"),
-    "proxyclip-benchmark": ("benchmark", "benchmark.py"),
-    "proxyclip-compare": ("compare", "compare_results.py"),
-    "proxyclip-miniature": ("miniature", "make_miniature.py"),
-}
-
-
 def declared_scripts() -> dict[str, str]:
     """``[project.scripts]`` of pyproject.toml (name -> ``module:function``)."""
     text = (ROOT / "pyproject.toml").read_text()
@@ -32,10 +21,24 @@ def declared_scripts() -> dict[str, str]:
     return dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]+)"', section, flags=re.M))
 
 
+def launcher_of(module: str) -> str | None:
+    """The script in scripts/ that runs ``proxyclip_pl.commands.<module>``'s ``cli`` (its launcher)."""
+    found = [p.name for p in sorted((ROOT / "scripts").glob("*.py"))
+             if f"from proxyclip_pl.commands.{module} import cli\n" in p.read_text()]
+    return found[0] if len(found) == 1 else None
+
+
+#: console script -> (its module in proxyclip_pl.commands, its launcher in scripts/), from pyproject.toml: a new
+#: program is tested here without editing this file
+PROGRAMS = {name: (target.split(":")[0].rsplit(".", 1)[-1], launcher_of(target.split(":")[0].rsplit(".", 1)[-1]))
+            for name, target in declared_scripts().items()}
+
+
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_program_is_declared_and_installed(name):
     module = PROGRAMS[name][0]
     assert declared_scripts().get(name) == f"proxyclip_pl.commands.{module}:cli"
+    assert PROGRAMS[name][1] is not None, f"{name}: no single launcher scripts/*.py runs proxyclip_pl.commands.{module}"
     # The console script pip wrote next to this interpreter runs that function.
     assert f"from proxyclip_pl.commands.{module} import cli\n" in Path(program_path(name)).read_text()
 
