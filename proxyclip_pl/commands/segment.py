@@ -132,8 +132,11 @@ def display_names(vocabulary: Sequence[Sequence[str]]) -> list[str]:
     return [names[0] for names in vocabulary]
 
 
-def predict_labels(model, image: np.ndarray) -> np.ndarray:
-    """[H, W] uint8 class ids of ``image`` (uint8 RGB as :func:`datamodules.io.read_image` returns it)."""
+def predict_labels(model, image: np.ndarray, image_id: str | None = None) -> np.ndarray:
+    """[H, W] uint8 class ids of ``image`` (uint8 RGB as :func:`datamodules.io.read_image` returns it); ``image_id``
+    (the file stem) for methods that look up inputs by it (CorrCLIP's cached masks)."""
+    if getattr(model, "uses_original_image", False):
+        return model.predict(image, image_id=image_id).cpu().numpy().astype("uint8")
     return model.predict(image).cpu().numpy().astype("uint8")
 
 
@@ -163,6 +166,8 @@ def write_results(image: np.ndarray, labels: np.ndarray, names: Sequence[str], o
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     vocabulary = class_vocabulary(args.classes, args.background)
+    if len(vocabulary) > 256:
+        raise ValueError(f"{len(vocabulary)} classes: the label maps are uint8 images, at most 256 classes")
     if args.prob_thd > 0 and not args.background:
         raise ValueError("--prob-thd needs --background: low-confidence pixels go to the background class 0")
     image = read_image(args.image)
@@ -172,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output(args.labels_out, "--labels-out")
 
     model = build_model(args, vocabulary)
-    labels = predict_labels(model, image)
+    labels = predict_labels(model, image, Path(args.image).stem)
     names = display_names(vocabulary)
     write_results(image, labels, names, args.out, args.labels_out)
     counts = pixel_counts(labels, names)

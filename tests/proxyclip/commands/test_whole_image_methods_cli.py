@@ -101,3 +101,29 @@ def test_every_benchmark_runs_under_the_native_protocol(method, tmp_path):
         res = results(tmp_path / "out", key)
         assert res["num_images"] == 1 and res["config"]["protocol_settings"]["options"] == dict(
             protocol_for(method, key).options)
+
+
+@pytest.mark.slow
+def test_proxyclip_segment_reads_an_images_cached_masks_by_its_file_stem(mini, tmp_path):
+    import subprocess
+    import sys
+
+    from paths import ROOT
+
+    d, _ = mini
+    image = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(image)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    regions = np.zeros((60, 90), dtype=np.int64)  # 0: not covered (the smallest id, never corrected)
+    regions[:, 5:45], regions[:, 45:] = 1, 2  # two masks: each gets one class by the map correction
+    np.savez(masks / "street.npz", instance_mask=regions)
+    flags = ["--clip", str(write_tiny_clip_config(d)), "--clip-weights", "random", "--vfm",
+             str(write_tiny_vfm_spec(d)), "--vfm-weights", "random", "--method", "corrclip", "--masks", str(masks),
+             "--classes", "road", "car", "sky", "--out", str(tmp_path / "out.png"), "--labels-out",
+             str(tmp_path / "labels.png")]
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "segment.py"), str(image), *flags],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    labels = np.asarray(Image.open(tmp_path / "labels.png"))
+    assert len(np.unique(labels[:, 45:])) == 1 and len(np.unique(labels[:, 5:45])) == 1
