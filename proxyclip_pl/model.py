@@ -24,7 +24,7 @@ from .clip_encoder import (
 from .proxy_attention import proxy_attention
 from .registry import MethodSpec
 from .segmenter import Segmenter, _require
-from .vfm import VFM_KINDS, check_vfm, vfm_features, vfm_raw_attention
+from .vfm import VFM_KINDS, check_vfm, vfm_features, vfm_raw_attention, vfm_recipe
 
 #: ``proxy``: ProxyCLIP; ``vfm``: the VFM's own last-layer attention in place of the proxy attention;
 #: ``maskclip`` / ``clip``: the no-VFM baselines (value path / the unchanged last block, CLIP grid).
@@ -64,7 +64,8 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         vfm_model: a timm model (ViT for ``dino``/``dinov2``/``mae``, samvit for ``sam``); may be
             ``None`` for the ``maskclip``/``clip`` baselines.
         vocabulary: one entry per class (label order), each a list of synonyms.
-        vfm_kind: ``dino`` (also any plain timm ViT), ``dinov2``, ``sam`` or ``mae``.
+        vfm_kind: ``dino`` (also any plain timm ViT), ``dinov2``, ``sam``, ``mae`` or ``sd`` (Stable Diffusion's
+            UNet, :mod:`proxyclip_pl.sd_vfm`; not with ``attention="vfm"``).
         beta, gamma: proxy-attention shift and inverse temperature (> 0).
         attention: one of :data:`ATTENTIONS`.
         shift_scale, mask: ablations of the proxy attention (paper Table 4, 'normalisation' and 'mask'):
@@ -102,6 +103,9 @@ class ProxyCLIP(_ProxyCLIPGeometry):
         if attention in ("proxy", "vfm"):
             _require(vfm_model is not None, f"attention={attention!r} needs a vfm_model")
             check_vfm(vfm_model, vfm_kind)
+        _require(attention != "vfm" or vfm_recipe(vfm_kind).has_raw_attention,
+                 f"attention='vfm' reads the VFM's own last-layer attention, which vfm_kind={vfm_kind!r} does not "
+                 "have (a UNet); use attention='proxy'")
         super().__init__(clip_model, vocabulary, **segmenter_kwargs)
         self.vfm = vfm_model.eval().requires_grad_(False) if vfm_model is not None else None
         self.vfm_kind = vfm_kind

@@ -126,7 +126,7 @@ class StableDiffusionVFM(nn.Module):
         latents = (mean + posterior.std * eps) * self.vae.config.scaling_factor
         noise = noise.to(device=latents.device, dtype=latents.dtype)
         t = torch.tensor(self.t, dtype=torch.long, device=latents.device)
-        noisy = self.scheduler.add_noise(latents, noise, t)
+        noisy = self.scheduler.add_noise(latents, noise, t[None])  # [1]: the same coefficients as DIFT's 0-dim t
         prompt = self.prompt_embeds.to(self.unet.dtype).expand(self.ensemble, -1, -1)
         return self.up_block_output(noisy, t, prompt).mean(0, keepdim=True).float()
 

@@ -10,6 +10,7 @@ Weights are given as one string:
 
 Model names may also be JSON files: an open_clip model config for CLIP, or
 ``{"model_name": timm_name, "kind": ..., "kwargs": {...}}`` for a VFM (e.g. a tiny test model).
+Stable Diffusion VFMs (``sd-2-1``, ``{"kind": "sd", ...}``): :mod:`proxyclip_pl.sd_vfm`.
 """
 from __future__ import annotations
 
@@ -327,6 +328,10 @@ def check_clip_name(name: str) -> None:
 def check_vfm_name(name: str) -> None:
     """``ValueError`` (or ``FileNotFoundError`` for a missing spec) unless ``name`` is a known timm VFM or a
     valid VFM spec file; cheap: nothing is built."""
+    from .sd_vfm import check_sd_name, is_sd_name  # Stable Diffusion (extra [sd]): presets and {"kind": "sd"} specs
+
+    if is_sd_name(name):
+        return check_sd_name(name)
     _check_timm_name(_load_vfm_spec(name)[0] if name.endswith(".json") else name)
 
 
@@ -334,10 +339,16 @@ def build_vfm(name: str = DEFAULT_VFM, weights: str = PRETRAINED, seed: int = 0,
     """A frozen timm VFM (eval mode) and its ProxyCLIP kind.
 
     Args:
-        name: timm model name (with pretrained tag) or a JSON spec file.
-        weights: ``pretrained``, a checkpoint path, or ``random``.
-        timm_kwargs: overrides for ``timm.create_model`` (e.g. a tiny ``embed_dim``/``depth`` for tests).
+        name: timm model name (with pretrained tag) or a JSON spec file; Stable Diffusion: ``sd-2-1``,
+            ``sd-2-1-base`` or a ``{"kind": "sd", ...}`` spec (:func:`proxyclip_pl.sd_vfm.build_sd_vfm`).
+        weights: ``pretrained``, a checkpoint path, or ``random`` (SD: a local diffusers folder for a path).
+        timm_kwargs: overrides for ``timm.create_model`` (e.g. a tiny ``embed_dim``/``depth`` for tests); SD:
+            ``t``, ``up_ft_index``, ``ensemble``, ``input_size``.
     """
+    from .sd_vfm import SD_KIND, build_sd_vfm, is_sd_name
+
+    if is_sd_name(name):
+        return build_sd_vfm(name, weights, seed=seed, **timm_kwargs), SD_KIND
     import timm
 
     kind = None

@@ -10,6 +10,7 @@ dino     window, ImageNet-normalised                           DINO rule (scale 
 dinov2   window, ImageNet-normalised                           size rule with antialias
 mae      window resized to window_size x window_size           size rule, no antialias
 sam      window stretched to 1024 x 1024                       native (64 x 64 grid)
+sd       window (stretched to input_size if set), 2x - 1       none: SD's UNet, DIFT's recipe
 =======  ====================================================  ===============================
 
 A new family is one :class:`VFMRecipe` subclass and one entry of :data:`VFM_RECIPES`.
@@ -59,6 +60,8 @@ class VFMRecipe:
     kind = "vit"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: whether :meth:`raw_attention` exists (ProxyCLIP's ``attention="vfm"``)
+    has_raw_attention = True
 
     def claims(self, model: nn.Module) -> bool:
         """Whether ``model``'s own configuration says it was released with this recipe."""
@@ -217,9 +220,40 @@ class SAMRecipe(VFMRecipe):
         return scores.float().softmax(-1).view(b, attn.num_heads, n, n).mean(1), (h, w)
 
 
+class SDRecipe(VFMRecipe):
+    """Stable Diffusion's UNet in DIFT's recipe (:class:`proxyclip_pl.sd_features.StableDiffusionVFM`, built by
+    ``build_vfm('sd-2-1', ...)``): the window stretched to the model's ``input_size`` when set, ``2 x - 1``, a
+    VAE latent noised at ``t`` with fixed draws, the output of one up block, the mean over the ensemble. The model
+    owns its settings; ``window_size`` is not used. A UNet has no raw attention to read."""
+
+    kind = "sd"
+    mean = (0.5, 0.5, 0.5)  # (x - 0.5) / 0.5 = 2 x - 1
+    std = (0.5, 0.5, 0.5)
+    has_raw_attention = False
+
+    def claims(self, model: nn.Module) -> bool:
+        from .sd_features import StableDiffusionVFM  # torch only: no diffusers import
+
+        return isinstance(model, StableDiffusionVFM)
+
+    def check(self, model: nn.Module) -> None:
+        if not self.claims(model):
+            raise ValueError("vfm_kind='sd' needs a Stable Diffusion VFM (proxyclip_pl.build_vfm('sd-2-1', ...) or "
+                             f"an SD spec file), got a {type(model).__name__}")
+
+    def features(self, model: nn.Module, windows: torch.Tensor, window_size: int) -> torch.Tensor:
+        """[B, C, H, W] float32 on the UNet's grid (1/16 of the stretched window for ``up_ft_index`` 1)."""
+        return model(windows)
+
+    def raw_attention(self, model: nn.Module, windows: torch.Tensor,
+                      window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        raise ValueError("vfm_kind='sd' has no raw attention (a UNet has no last-layer self-attention among patch "
+                         "tokens): use attention='proxy'")
+
+
 #: kind -> recipe, in the order a model's configuration is matched (:func:`recipe_of`; DINO last: the default).
 VFM_RECIPES: Mapping[str, VFMRecipe] = MappingProxyType(
-    {r.kind: r for r in (SAMRecipe(), DinoV2Recipe(), MAERecipe(), DinoRecipe())})
+    {r.kind: r for r in (SAMRecipe(), DinoV2Recipe(), MAERecipe(), SDRecipe(), DinoRecipe())})
 VFM_KINDS = tuple(VFM_RECIPES)
 
 
@@ -253,7 +287,7 @@ def vfm_features(model: nn.Module, kind: str, windows: torch.Tensor, window_size
         windows: [B, 3, h, w] RGB in [0, 1].
         window_size: the window side (``slide_crop``); MAE inputs are resized to it.
     Returns:
-        [B, C, H, W]; SAM: the [B, 256, 64, 64] neck map.
+        [B, C, H, W]; SAM: the [B, 256, 64, 64] neck map; SD: float32 (``window_size`` unused).
     """
     return vfm_recipe(kind).features(model, windows, window_size)
 

@@ -308,6 +308,10 @@ def test_vfm_recipe_claims_its_models_and_reads_them(kind):
     assert features.dim() == 4 and features.shape[0] == 2 and torch.allclose(features, single, atol=1e-5)
     recipe = VFM_RECIPES[kind]
     assert len(recipe.mean) == len(recipe.std) == 3  # the recipe owns its normalisation
+    if not recipe.has_raw_attention:  # e.g. SD's UNet: refused, ProxyCLIP's attention="vfm" too
+        with pytest.raises(ValueError, match="raw attention"):
+            vfm_raw_attention(model, kind, windows, 64)
+        return
     attn, (h, w) = vfm_raw_attention(model, kind, windows, 64)
     assert attn.shape == (2, h * w, h * w) and torch.allclose(attn.sum(-1), torch.ones(2, h * w), atol=1e-5)
 
