@@ -15,16 +15,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--clip", default=DEFAULT_CLIP, help="open_clip model name or model-config JSON (default: %(default)s)")
     g.add_argument("--clip-weights", default=None, help="pretrained tag, checkpoint path or 'random' (default: the preset's tag, 'openai')")
-    g.add_argument("--vfm", default=None, help="timm model name or VFM spec JSON; 'none' for the no-VFM baselines "
-                   f"(default: the method's, {DEFAULT_VFM} for ProxyCLIP)")
-    g.add_argument("--vfm-weights", default=PRETRAINED, help="'pretrained', checkpoint path or 'random' (default: %(default)s)")
+    g.add_argument("--vfm", default=None, help="timm model name, sd-2-1 / sd-2-1-base (Stable Diffusion, extra [sd]) or "
+                   f"VFM spec JSON; 'none' for the no-VFM baselines (default: the method's, {DEFAULT_VFM} for ProxyCLIP)")
+    g.add_argument("--vfm-weights", default=PRETRAINED, help="'pretrained', checkpoint path (SD: a diffusers folder) or "
+                   "'random' (default: %(default)s)")
     g.add_argument("--sam", default=None, help=f"Trident's SAM image encoder: timm samvit name or spec JSON (default: {DEFAULT_SAM})")
     g.add_argument("--sam-weights", default=PRETRAINED, help="'pretrained', checkpoint path or 'random' (default: %(default)s)")
     g.add_argument("--masks", default=None, help="CorrCLIP's region masks: the folder of the extracted region_masks.zip "
                    "(Hugging Face dataset dk258/CorrCLIP; one sub-folder per benchmark, <image stem>.npz), a folder of "
                    "<stem>.npz for a dataset card, 'sam2' (online SAM2, extra [sam2]) or 'none' (no masks: an ablation)")
     g.add_argument("--attention", default="proxy", choices=["proxy", "vfm", "maskclip", "clip"], help="proxy attention, the VFM's raw attention, or a no-VFM baseline")
-    g.add_argument("--seed", type=int, default=0, help="seed of 'random' weights (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed of 'random' weights and of SD's noise draws (default: %(default)s)")
     g.add_argument("--window-batch-size", type=int, default=None, help="windows per encoder call (default: 8 on GPU, 1 on CPU)")
 
 

@@ -31,8 +31,13 @@ def tower_identities(args: argparse.Namespace) -> dict[str, Any]:
     towers = {"clip": args.clip, "clip_id": config_id(args.clip), "clip_weights": clip_weights,
               "clip_weights_id": weights_identity(clip_weights, args.seed)}
     if uses_vfm(args):
+        from proxyclip_pl.sd_vfm import is_sd_name
+
+        # Stable Diffusion's features depend on the seed of its noise draws, whatever the weights
+        seeded = is_sd_name(args.vfm) and args.vfm_weights != "random"
         towers.update(vfm=args.vfm, vfm_id=config_id(args.vfm), vfm_weights=args.vfm_weights,
-                      vfm_weights_id=weights_identity(args.vfm_weights, args.seed))
+                      vfm_weights_id=weights_identity(args.vfm_weights, args.seed) + (
+                          f"; noise seed {args.seed}" if seeded else ""))
     else:
         towers.update(vfm=None, vfm_id=None, vfm_weights=None, vfm_weights_id=None)
     if registered(args.method):  # Trident's SAM and CorrCLIP's masks: only where the method has them

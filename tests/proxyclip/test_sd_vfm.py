@@ -353,3 +353,15 @@ def test_cuda_features_equal_cpu_features_and_autocast_runs(sd):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         mixed = cuda(batch.cuda())
     assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
+
+
+def test_resume_identity_of_pretrained_sd_includes_the_noise_seed():
+    from proxyclip_pl.commands.evaluate import parse_args
+    from proxyclip_pl.commands.run_record import tower_identities
+
+    def identity(*flags):
+        return tower_identities(parse_args(["--data", "voc21", "--vfm", "sd-2-1", *flags]))["vfm_weights_id"]
+
+    # the draws change SD's features even with fixed weights: another --seed is another configuration
+    assert identity("--seed", "0") != identity("--seed", "1")
+    assert identity("--seed", "3") == identity("--seed", "3")
