@@ -9,6 +9,12 @@
   per image.
 * :mod:`.miniature`: ``proxyclip-miniature`` / ``python scripts/make_miniature.py``: synthetic miniature datasets
   in the real on-disk layouts.
+* :mod:`.report`: ``proxyclip-report`` / ``python scripts/report.py``: a leaderboard (CSV, Markdown, LaTeX),
+  per-class IoU, diagnostics and plots from run folders.
+* :mod:`.demo`: ``proxyclip-demo`` / ``python scripts/demo.py``: a web page on ``proxyclip-segment``'s code path
+  (extra ``[demo]``).
+* :mod:`.analyze`: ``proxyclip-analyze`` / ``python scripts/analyze.py``: the paper's Section 3.1 analyses
+  (coherence AP, attention maps, similarity statistics).
 
 :mod:`.run_folder` (a run's output folder) and :mod:`.suite` (the full-table timing) serve these commands.
 """
