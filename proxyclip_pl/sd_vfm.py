@@ -6,6 +6,7 @@ Needs the extra ``sd`` (``pip install 'proxyclip_pl[sd]'``: diffusers and transf
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,12 @@ def _load(source: str | Path) -> tuple[Any, ...]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    # diffusers' advice to install accelerate, and huggingface_hub's notice about an argument diffusers still passes:
+    # nothing a user of this package can act on
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", ".*local_dir_use_symlinks.*")
     src = str(source)
     unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae")

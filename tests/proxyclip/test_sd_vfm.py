@@ -202,8 +202,9 @@ def test_presets_are_checked_without_building():
     assert read_sd_spec("sd-2-1-base")["input_size"] == 512
 
 
-def test_pretrained_offline_is_one_line_naming_the_repo_and_hf_download(monkeypatch, tmp_path):
+def test_pretrained_offline_is_one_line_naming_the_repo_and_hf_download(monkeypatch, tmp_path, capfd):
     import socket
+    import warnings
 
     from huggingface_hub import constants
 
@@ -217,8 +218,12 @@ def test_pretrained_offline_is_one_line_naming_the_repo_and_hf_download(monkeypa
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(WeightsNotFoundError) as info:
+    with pytest.raises(WeightsNotFoundError) as info, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
         build_vfm("sd-2-1", "pretrained")
+    # no library noise beside the one line: diffusers' accelerate advice, huggingface_hub's deprecation notice
+    assert not [w for w in caught if "local_dir_use_symlinks" in str(w.message)]
+    assert "accelerate" not in capfd.readouterr().err
     message = str(info.value)
     assert "\n" not in message and "`hf download stabilityai/stable-diffusion-2-1`" in message
     assert "HF_HUB_OFFLINE=1" in message and str(tmp_path / "hub") in message and attempts == []
