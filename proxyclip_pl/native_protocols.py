@@ -21,7 +21,7 @@ Dataset keys are this package's benchmark keys; :data:`OFFICIAL_CONFIGS` maps th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -91,6 +91,11 @@ class Protocol:
         )
         require(self.pamr_steps >= 0, f"pamr_steps must be >= 0, got {self.pamr_steps}")
         require(all(isinstance(k, str) for k, _ in self.options), f"options must be (name, value) pairs, got {self.options!r}")
+
+    def record(self) -> dict[str, Any]:
+        """The protocol as ``results.json`` records it (``config.protocol_settings``): every field, ``options`` as a
+        mapping."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "options": dict(self.options)}
 
     @property
     def whole_image(self) -> bool:

@@ -3,7 +3,6 @@ the result), and the resume check before any model is built."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,7 +96,7 @@ def configuration(args: argparse.Namespace, job: "Job", world_size: int) -> dict
     return {
         "method": args.method,
         "protocol": args.protocol,
-        "protocol_settings": {**dataclasses.asdict(protocol), "options": dict(protocol.options)},
+        "protocol_settings": protocol.record(),
         "pamr_steps_override": args.pamr_steps,
         "segmenter": f"{type(model).__module__}.{type(model).__qualname__}",
         **towers,

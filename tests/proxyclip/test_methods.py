@@ -356,7 +356,7 @@ def test_builtin_method_records_method_and_protocol(bench):
     cfg = json.loads((out / "results.json").read_text())["config"]
     expected = dataclasses.replace(NATIVE_PROTOCOLS["sclip"]["voc21"], pamr_steps=1)
     assert (cfg["method"], cfg["protocol"], cfg["pamr_steps_override"]) == ("sclip", "native", 1)
-    assert cfg["protocol_settings"] == dataclasses.asdict(expected)
+    assert cfg["protocol_settings"] == expected.record()
     assert (cfg["short_side"], cfg["slide_crop"], cfg["logit_scale"], cfg["area_thd"], cfg["pamr_steps"]) == (336, 224, 65.0, 0.1, 1)
     assert cfg["vfm"] is None and cfg["segmenter"] == "proxyclip_pl.methods.SCLIP"
 
@@ -383,7 +383,7 @@ def test_plugin_method_from_the_docs_example_one_and_two_processes(bench):
         assert one[field] == two[field], field
     cfg = one["config"]
     assert (cfg["method"], cfg["protocol"], cfg["world_size"], two["config"]["world_size"]) == ("mymod:factory", "native", 1, 2)
-    assert cfg["protocol_settings"] == dataclasses.asdict(PROXYCLIP_PROTOCOLS["voc21"])
+    assert cfg["protocol_settings"] == PROXYCLIP_PROTOCOLS["voc21"].record()
     assert cfg["segmenter"] == "mymod.ValueValueCLIP"
     preds = sorted((bench / "out_plugin_2" / "predictions").glob("*.png"))
     assert len(preds) == 4
