@@ -397,7 +397,10 @@ def build_vfm(name: str = DEFAULT_VFM, weights: str = PRETRAINED, seed: int = 0,
 def build_sam(name: str = DEFAULT_SAM, weights: str = PRETRAINED, seed: int = 0, **timm_kwargs: Any) -> nn.Module:
     """SAM's image encoder as a frozen timm ``samvit`` with SAM's own LayerNorm eps (1e-6; timm's default is 1e-5),
     as Trident uses it (:mod:`proxyclip_pl.sam_affinity`). Arguments as :func:`build_vfm`."""
-    model, kind = build_vfm(name, weights, seed=seed, **timm_kwargs)
+    try:
+        model, kind = build_vfm(name, weights, seed=seed, **timm_kwargs)
+    except WeightsNotFoundError as exc:  # the user typed --sam-weights, not --vfm-weights
+        raise WeightsNotFoundError(f"--sam-weights: {str(exc).replace('VFM ', 'SAM ', 1)}") from None
     if kind != "sam":
         raise ValueError(f"--sam {name}: not a SAM image encoder (timm samvit_*), got a {kind!r} model")
     for module in model.modules():

@@ -30,8 +30,10 @@ TINY_SD_SPEC = CONFIGS / "tiny_sd.json"
 TINY_VFMS["sd"] = (str(TINY_SD_SPEC), {})
 
 
-#: Trident's SAM tower: the VFM's tiny samvit with a 256 input (16 x 16 tokens; SAM's own is 1024).
-TINY_SAM = (TINY_VFMS["sam"][0], {**TINY_VFMS["sam"][1], "img_size": 256})
+#: Trident's SAM tower (the shipped configs/tiny_sam.json): the VFM's tiny samvit with a 256 input (16 x 16 tokens;
+#: SAM's own is 1024).
+_TINY_SAM = json.loads((CONFIGS / "tiny_sam.json").read_text())
+TINY_SAM = (_TINY_SAM["model_name"], _TINY_SAM["kwargs"])
 
 
 def write_tiny_sam_spec(folder: Path) -> Path:

@@ -92,3 +92,18 @@ def test_mask_sources_and_their_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)
     with pytest.raises(ValueError, match=r"pip install 'proxyclip_pl\[sam2\]'"):
         mask_source("sam2")
+
+
+def test_sam_tower_has_sams_layer_norm_and_names_its_own_flag(tmp_path):
+    from torch import nn
+
+    from proxyclip_pl.towers import build_sam
+    from proxyclip_pl.weights import WeightsNotFoundError
+    from tiny_models import tiny_sam
+
+    norms = [m for m in tiny_sam().modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)  # SAM's _build_sam, not timm's 1e-5
+    with pytest.raises(WeightsNotFoundError, match=r"^--sam-weights: SAM checkpoint not found: .*missing\.pth$"):
+        build_sam("samvit_base_patch16.sa1b", str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="not a SAM image encoder"):
+        build_sam("vit_small_patch16_224.dino", "random", embed_dim=48, depth=1, num_heads=2)
