@@ -23,7 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sam-weights", default=PRETRAINED, help="'pretrained', checkpoint path or 'random' (default: %(default)s)")
     g.add_argument("--masks", default=None, help="CorrCLIP's region masks: the folder of the extracted region_masks.zip "
                    "(Hugging Face dataset dk258/CorrCLIP; one sub-folder per benchmark, <image stem>.npz), a folder of "
-                   "<stem>.npz for a dataset card, 'sam2' (online SAM2, extra [sam2]) or 'none' (no masks: an ablation)")
+                   "<stem>.npz for a dataset card, 'sam2' or 'sam2:CHECKPOINT' (online SAM2 Hiera-L, extra [sam2]; default "
+                   "checkpoint ./sam2_hiera_large.pt) or 'none' (no masks: an ablation)")
     g.add_argument("--attention", default="proxy", choices=["proxy", "vfm", "maskclip", "clip"], help="proxy attention, the VFM's raw attention, or a no-VFM baseline")
     g.add_argument("--seed", type=int, default=0, help="seed of 'random' weights and of SD's noise draws (default: %(default)s)")
     g.add_argument("--window-batch-size", type=int, default=None, help="windows per encoder call (default: 8 on GPU, 1 on CPU)")
@@ -31,15 +32,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_default_towers(args: argparse.Namespace) -> None:
     """Fill the tower flags left unset (``--vfm``, ``--sam``, ``--clip-weights``) with the method's own towers
-    (:attr:`proxyclip_pl.registry.MethodSpec.default_towers`), else the package defaults. Imports the method's
+    (:meth:`proxyclip_pl.registry.MethodSpec.fill_towers`), else the package defaults. Imports the method's
     module (torch): call it after the torch-free checks."""
     from .registry import method_sources, method_spec
 
     method = getattr(args, "method", "proxyclip")
-    defaults = dict(method_spec(method).default_towers) if method in method_sources() else {}
+    given = {flag: getattr(args, flag) for flag in ("clip", "clip_weights", "vfm", "sam")
+             if getattr(args, flag, None) is not None}
+    filled = method_spec(method).fill_towers(given) if method in method_sources() else given
     for flag, default in (("vfm", DEFAULT_VFM), ("sam", DEFAULT_SAM), ("clip_weights", None)):
-        if getattr(args, flag, None) is None:
-            setattr(args, flag, defaults.get(flag, default))
+        setattr(args, flag, filled.get(flag, default))
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:

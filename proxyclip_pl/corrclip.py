@@ -49,7 +49,7 @@ class CorrCLIP(Segmenter):
             (:mod:`proxyclip_pl.region_masks`); ``None``: masks must be passed to :meth:`predict`.
         instance_mask_path: shortcut for ``mask_provider=InstanceMaskFolder(instance_mask_path)``.
         mask_folder: the benchmark's sub-folder of the cached masks (``voc``, ``context``, ``coco``, ``city``, ``ade``;
-            the native protocol's), read by :meth:`from_towers`.
+            the native row's under every protocol), read by :meth:`from_towers`.
         alpha, beta: weights of the spatial and semantic branches; ``tau``: temperature of the reconstructed
             attention; ``num_spatial``: blocks averaged by the spatial branch (``None``: :data:`NUM_SPATIAL`, else depth - 4, at
             least 1);
@@ -64,7 +64,7 @@ class CorrCLIP(Segmenter):
     pad_multiple = 56
     encoder_settings = ("vfm_kind", "mask_provider", "mask_folder", "alpha", "beta", "tau", "num_spatial", "dbscan_eps")
     uses_original_image = True
-    protocol_options = ("mask_folder",)
+    protocol_options = data_options = ("mask_folder",)
 
     def __init__(self, clip_model: nn.Module, vocabulary: Sequence[Sequence[str]], *, vfm: nn.Module,
                  mask_provider: Callable[[np.ndarray, str | None], Any] | None = None,

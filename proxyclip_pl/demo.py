@@ -223,7 +223,9 @@ def picker_methods(method: str, masks: str | None = None, attention: str = "prox
     from .cli import load_plugin
     from .registry import method_sources, method_spec
 
-    online_masks = masks is not None and masks.lower() in ("none", "sam2")
+    from .region_masks import sam2_checkpoint
+
+    online_masks = masks is not None and (masks.lower() == "none" or sam2_checkpoint(masks) is not None)
     offered = []
     for name in method_sources():
         if attention != "proxy" and name != "proxyclip":

@@ -33,7 +33,7 @@ def build_proxyclip(vocabulary: Sequence[Sequence[str]], **options: Any) -> "Pro
     Returns:
         the model on ``device``.
     """
-    towers, proxyclip_kwargs = _split_tower_options(options)
+    towers, proxyclip_kwargs = _split_tower_options("proxyclip", options)
     return _build_on_shared_towers("proxyclip", {0: (vocabulary, proxyclip_kwargs)}, towers)[0]
 
 
@@ -72,11 +72,14 @@ class Towers:
     keep_text_tower: bool = False
 
 
-def _split_tower_options(options: Mapping[str, Any]) -> tuple[Towers, dict[str, Any]]:
-    """Keyword options -> (the :class:`Towers` fields among them, the rest: constructor keywords)."""
+def _split_tower_options(method: str, options: Mapping[str, Any]) -> tuple[Towers, dict[str, Any]]:
+    """Keyword options -> (the :class:`Towers` fields among them, with the method's own towers where a field is
+    not given, e.g. Trident's DINO ViT-B/16; the rest: constructor keywords)."""
+    from .registry import method_spec
+
     fields = {f.name for f in dataclasses.fields(Towers)}
-    return (Towers(**{k: v for k, v in options.items() if k in fields}),
-            {k: v for k, v in options.items() if k not in fields})
+    given = method_spec(method).fill_towers({k: v for k, v in options.items() if k in fields})
+    return Towers(**given), {k: v for k, v in options.items() if k not in fields}
 
 
 def _build_on_shared_towers(method: str, jobs: Mapping[Hashable, tuple[Sequence[Sequence[str]], dict[str, Any]]],
@@ -192,7 +195,7 @@ def build_segmenters(
     for _vocabulary, protocol in jobs.values():
         if not isinstance(protocol, Protocol):
             raise TypeError(f"protocol must be a Protocol, got {type(protocol).__name__}")
-    towers, method_kwargs = _split_tower_options(options)
+    towers, method_kwargs = _split_tower_options(method, options)
     constructor_jobs = {
         key: (vocabulary, {**protocol_kwargs(protocol), "window_batch_size": window_batch_size, **method_kwargs})
         for key, (vocabulary, protocol) in jobs.items()

@@ -21,7 +21,7 @@ Dataset keys are this package's benchmark keys; :data:`OFFICIAL_CONFIGS` maps th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -193,17 +193,20 @@ def protocol_for(method: str, dataset: str, protocol: str = "native") -> Protoco
             (e.g. a plug-in ``module:factory``) has no native table and gets ProxyCLIP's protocol.
         dataset: one of :data:`DATASETS` or :data:`EXTRA_DATASETS` (no native rows: ProxyCLIP's protocol).
         protocol: ``native`` (the method's rows, ProxyCLIP's where it has none) or ``proxyclip``
-            (:data:`PROXYCLIP_PROTOCOLS` for every method).
+            (:data:`PROXYCLIP_PROTOCOLS` for every method, with the native row's
+            :attr:`~proxyclip_pl.Segmenter.data_options`, e.g. CorrCLIP's mask sub-folder).
     """
     if protocol not in PROTOCOL_NAMES:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOL_NAMES)}")
-    if protocol == "native":
-        from .registry import method_sources, method_spec
+    from .registry import method_sources, method_spec
 
-        rows = method_spec(method).protocols if method in method_sources() else None
-        if rows and dataset in rows:
-            return rows[dataset]
-    return proxyclip_protocol(dataset)
+    spec = method_spec(method) if method in method_sources() else None
+    native = (spec.protocols or {}).get(dataset) if spec else None
+    if native is not None and protocol == "native":
+        return native
+    base = proxyclip_protocol(dataset)
+    kept = tuple((k, v) for k, v in (native.options if native else ()) if k in spec.segmenter.data_options)
+    return replace(base, options=kept) if kept else base
 
 
 def proxyclip_protocol(dataset: str) -> Protocol:

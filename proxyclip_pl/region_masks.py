@@ -10,18 +10,20 @@ SAM2 masks), :class:`SAM2MaskProvider` (online SAM2, extra ``[sam2]``) and :clas
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 #: id given to the padding of a window (official ``forward_slide``) and offset of the merged regions' ids.
 PAD_REGION = 10000
 #: where the official cached masks come from
 CACHED_MASKS = "region_masks.zip of the Hugging Face dataset dk258/CorrCLIP (hf download dk258/CorrCLIP " \
-               "--repo-type dataset)"
+               "region_masks.zip --repo-type dataset --local-dir DIR)"
 
 MaskProvider = Callable[[np.ndarray, "str | None"], Any]
 
@@ -86,17 +88,21 @@ class NoMasks:
         return np.zeros(image.shape[:2], dtype=np.int64)
 
 
-class SAM2MaskProvider:
+class SAM2MaskProvider(nn.Module):
     """Masks from a SAM2 automatic mask generator (anything with ``.generate(rgb) -> [{"segmentation": bool HxW,
     "area": int, ...}]``): one ``generate`` call on the original image, masks painted by ``area`` ascending (ids
-    1..M), all zeros when there is none."""
+    1..M), all zeros when there is none. SAM2's model (``generator.predictor.model``) is a submodule: it follows
+    ``.to()`` with the segmenter that holds the provider, i.e. onto each process's device under Lightning."""
 
     def __init__(self, generator: Any) -> None:
+        super().__init__()
         if not callable(getattr(generator, "generate", None)):
             raise TypeError("SAM2MaskProvider needs a generator with .generate(rgb) (SAM2AutomaticMaskGenerator)")
         self.generator = generator
+        model = getattr(getattr(generator, "predictor", None), "model", None)
+        self.model = model if isinstance(model, nn.Module) else None  # SAM2 reads its device off its parameters
 
-    def __call__(self, image: np.ndarray, image_id: str | None) -> np.ndarray:
+    def forward(self, image: np.ndarray, image_id: str | None) -> np.ndarray:
         annotations = self.generator.generate(image)
         label_map = np.zeros(image.shape[:2], dtype=np.int64)
         for region, annotation in enumerate(sorted(annotations, key=lambda a: a["area"]), start=1):
@@ -106,45 +112,81 @@ class SAM2MaskProvider:
 
 #: The official online setting (``set_mask_generator('sam2')``).
 SAM2_SETTINGS = dict(points_per_side=8, pred_iou_thresh=0.4, stability_score_thresh=0.4, multimask_output=False)
+SAM2_CHECKPOINT = "sam2_hiera_large.pt"
+SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt"
 
 
 @functools.lru_cache(maxsize=None)
-def sam2_mask_provider(config: str = "sam2_hiera_l.yaml", checkpoint: str = "sam2_hiera_large.pt",
-                       device: str = "cuda" if torch.cuda.is_available() else "cpu") -> SAM2MaskProvider:
+def sam2_mask_provider(config: str = "sam2_hiera_l.yaml", checkpoint: str = SAM2_CHECKPOINT) -> SAM2MaskProvider:
     """The official online provider: SAM2 Hiera-L, ``apply_postprocessing=False``, :data:`SAM2_SETTINGS` (built once
-    per process). Needs the optional ``sam2`` package (``pip install 'proxyclip_pl[sam2]'``) and the checkpoint."""
+    per process, on the CPU: it moves with its segmenter). Needs the optional ``sam2`` package
+    (``pip install 'proxyclip_pl[sam2]'``) and the checkpoint (``--masks sam2:PATH``; default ``./`` +
+    :data:`SAM2_CHECKPOINT`)."""
     try:
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
         from sam2.build_sam import build_sam2
     except ImportError as exc:
         raise ValueError(f"--masks sam2 needs the sam2 package ({exc}): pip install 'proxyclip_pl[sam2]'") from None
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"SAM2 checkpoint {checkpoint} not found: download it from "
-                                "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt")
-    model = build_sam2(config, checkpoint, device=device, apply_postprocessing=False)
+    check_sam2_checkpoint(checkpoint)
+    model = build_sam2(config, checkpoint, device="cpu", apply_postprocessing=False)
     return SAM2MaskProvider(SAM2AutomaticMaskGenerator(model=model, **SAM2_SETTINGS))
 
 
-def check_mask_source(masks: str | None) -> None:
-    """Torch-free check of ``--masks``: ``none``, ``sam2`` or an existing folder (a one-line error otherwise)."""
+def check_sam2_checkpoint(checkpoint: str) -> None:
+    """One-line errors, without importing it, when the ``sam2`` package or its checkpoint is missing."""
+    if importlib.util.find_spec("sam2") is None:
+        raise ValueError("--masks sam2 needs the sam2 package: pip install 'proxyclip_pl[sam2]'")
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"SAM2 checkpoint {checkpoint} not found: download {SAM2_URL} and pass "
+                                f"--masks sam2:PATH (default: ./{SAM2_CHECKPOINT})")
+
+
+def sam2_checkpoint(masks: str) -> str | None:
+    """``sam2`` -> the default checkpoint, ``sam2:PATH`` -> ``PATH``, anything else -> ``None`` (not SAM2)."""
+    name, _, path = masks.partition(":")
+    return (path or SAM2_CHECKPOINT) if name.lower() == "sam2" else None
+
+
+def check_mask_source(masks: str | None, folders: Sequence[str | None] = ()) -> None:
+    """Torch-free check of ``--masks``: ``none``, ``sam2[:CHECKPOINT]`` (an existing checkpoint) or an existing folder, in which each of the benchmarks'
+    cached-mask sub-folders ``folders`` (e.g. ``voc``; ``None``: the folder itself) resolves to a folder holding
+    ``.npz`` masks (a one-line error otherwise)."""
     if masks is None:
         raise ValueError(f"CorrCLIP needs region masks: --masks DIR (the extracted {CACHED_MASKS}), --masks sam2 "
                          "(online SAM2) or --masks none (no masks, an ablation)")
-    if masks.lower() not in ("none", "sam2") and not Path(masks).is_dir():
+    if masks.lower() == "none":
+        return
+    checkpoint = sam2_checkpoint(masks)
+    if checkpoint is not None:
+        return check_sam2_checkpoint(checkpoint)
+    if not Path(masks).is_dir():
         raise FileNotFoundError(f"--masks {masks}: no such folder")
+    for folder in dict.fromkeys(folders):
+        mask_folder(masks, folder)
+
+
+def mask_folder(masks: str, folder: str | None) -> Path:
+    """The folder of cached masks for a benchmark: ``<masks>/<folder>`` when it exists, else ``masks`` itself (a
+    dataset card's flat folder); a one-line error when it holds no ``.npz`` file."""
+    root = Path(masks)
+    chosen = root / folder if folder and (root / folder).is_dir() else root
+    if next(chosen.glob("*.npz"), None) is None:
+        where = f"neither {root / folder}/ nor {root}/ holds" if folder else f"{root}/ holds no"
+        raise FileNotFoundError(f"--masks {masks}: {where} <image stem>.npz masks (CorrCLIP's cached masks: extract "
+                                f"{CACHED_MASKS} into {root})")
+    return chosen
 
 
 def mask_source(masks: str | None, folder: str | None = None) -> MaskProvider:
-    """The provider of ``--masks``: ``none`` -> :class:`NoMasks`, ``sam2`` -> :func:`sam2_mask_provider`, a folder ->
-    :class:`InstanceMaskFolder` of its ``folder`` sub-folder (the benchmark's, e.g. ``voc``) when it exists, else of
-    the folder itself."""
+    """The provider of ``--masks``: ``none`` -> :class:`NoMasks`, ``sam2[:CHECKPOINT]`` -> :func:`sam2_mask_provider`, a folder ->
+    :class:`InstanceMaskFolder` of :func:`mask_folder` (the benchmark's sub-folder, e.g. ``voc``, when it exists)."""
     check_mask_source(masks)
     if masks.lower() == "none":
         return NoMasks()
-    if masks.lower() == "sam2":
-        return sam2_mask_provider()
-    root = Path(masks)
-    return InstanceMaskFolder(root / folder if folder and (root / folder).is_dir() else root)
+    checkpoint = sam2_checkpoint(masks)
+    if checkpoint is not None:
+        return sam2_mask_provider(checkpoint=checkpoint)
+    return InstanceMaskFolder(mask_folder(masks, folder))
 
 
 def connected_components(adjacent: torch.Tensor) -> list[int]:

@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from datamodules.registry import discover, distribution_name, load_entry
+
+from .defaults import DEFAULT_CLIP
 
 if TYPE_CHECKING:
     from .native_protocols import MethodInfo, Protocol
@@ -89,6 +91,17 @@ class MethodSpec:
     @property
     def uses_vfm(self) -> bool:
         return "vfm" in self.towers
+
+    def fill_towers(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """``given`` tower options (the fields of :class:`~proxyclip_pl.factory.Towers`) with those it lacks taken
+        from :attr:`default_towers`; the method's ``clip_weights`` (a tag of the default CLIP) only when the CLIP is
+        the default one, since another CLIP has its own tags (e.g. Trident's ViT-H/14 row)."""
+        filled = dict(given)
+        for name, value in self.default_towers.items():
+            if name in filled or (name == "clip_weights" and filled.get("clip", DEFAULT_CLIP) != DEFAULT_CLIP):
+                continue
+            filled[name] = value
+        return filled
 
 
 _RUNTIME: dict[str, MethodSpec] = {}

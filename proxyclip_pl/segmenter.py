@@ -91,6 +91,9 @@ class Segmenter(nn.Module):
     uses_original_image: bool = False
     #: the method's own per-benchmark settings (:attr:`Protocol.options`), reported by :attr:`protocol`.
     protocol_options: tuple[str, ...] = ()
+    #: those of :attr:`protocol_options` that describe the benchmark's files, not the inference (CorrCLIP's cached
+    #: mask sub-folder): kept from the native row under every protocol.
+    data_options: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -196,11 +196,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, dict | None
             check_vfm_name(args.vfm)
         if "sam" in method_spec(args.method).towers:
             check_vfm_name(args.sam)
-        if "masks" in method_spec(args.method).towers:
-            from proxyclip_pl.region_masks import check_mask_source
-
-            check_mask_source(args.masks)
     jobs = [make_job(key, args, output_dir_of(args, key)) for key in keys]
+    if registered(args.method) and "masks" in method_spec(args.method).towers:
+        from proxyclip_pl.region_masks import check_mask_source
+
+        # before minutes of model building: every benchmark's cached-mask sub-folder exists and holds masks
+        check_mask_source(args.masks, [dict(job.protocol.options).get("mask_folder") for job in jobs])
     check_resume_early(args, jobs)
     with phase(f"building {describe_model(args)}", "model ready"):
         build_models(args, jobs)  # once for the whole run

@@ -116,15 +116,18 @@ def build_model(args: argparse.Namespace, vocabulary):
 
 def class_vocabulary(classes: Sequence[str], background: str | None = None) -> list[list[str]]:
     """The vocabulary of ``--classes`` (and ``--background``, class 0): one entry per class, synonyms split on
-    ``'; '``, the first name of an entry its display name. ``ValueError`` for an empty entry, a line break or an
-    entry given twice."""
+    ``'; '``, the first name of an entry its display name. ``ValueError`` for an empty entry, a line break, an
+    entry given twice or more than 256 classes (the label maps are uint8)."""
     from proxyclip_pl.vocabulary import parse_vocabulary  # here: open_clip, only once the arguments are valid
 
     lines = ([background] if background else []) + list(classes)
     if any(len(line.splitlines()) != 1 or not line.strip() for line in lines):
         raise ValueError("every --classes / --background entry needs at least one name (and no line break)")
     source = "class list (--background first, then --classes; one entry per line)"
-    return parse_vocabulary("\n".join(lines), source=source)
+    vocabulary = parse_vocabulary("\n".join(lines), source=source)
+    if len(vocabulary) > 256:
+        raise ValueError(f"{len(vocabulary)} classes: the label maps are uint8 images, at most 256 classes")
+    return vocabulary
 
 
 def display_names(vocabulary: Sequence[Sequence[str]]) -> list[str]:
@@ -166,8 +169,6 @@ def write_results(image: np.ndarray, labels: np.ndarray, names: Sequence[str], o
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     vocabulary = class_vocabulary(args.classes, args.background)
-    if len(vocabulary) > 256:
-        raise ValueError(f"{len(vocabulary)} classes: the label maps are uint8 images, at most 256 classes")
     if args.prob_thd > 0 and not args.background:
         raise ValueError("--prob-thd needs --background: low-confidence pixels go to the background class 0")
     image = read_image(args.image)

@@ -3,10 +3,15 @@ YuHengsss/Trident@a93b346 ``configs/`` and zdk258/CorrCLIP@103bc18 ``CorrCLIPv1/
 class-name files."""
 from __future__ import annotations
 
+import importlib.util
+from importlib.util import find_spec
+
+import numpy as np
 import pytest
 
 from proxyclip_pl.native_protocols import DATASETS, protocol_for
 from proxyclip_pl.query_vocabularies import query_vocabulary
+from proxyclip_pl.region_masks import check_mask_source, mask_source
 from proxyclip_pl.registry import method_spec
 
 # cfg_<dataset>.py: Resize short side, then the model=dict(...) values on the class / base_config defaults
@@ -78,9 +83,18 @@ def test_native_vocabulary_reads_the_official_files_split_on_semicolons(method):
 def test_mask_sources_and_their_one_line_errors(tmp_path, monkeypatch):
     import sys
 
-    from proxyclip_pl.region_masks import InstanceMaskFolder, NoMasks, check_mask_source, mask_source
+    from proxyclip_pl.region_masks import InstanceMaskFolder, NoMasks
 
     (tmp_path / "voc").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"neither .*voc/ nor .* holds <image stem>.npz masks \(.*extract "
+                       r"region_masks.zip"):  # before the model is built, not on the first image
+        check_mask_source(str(tmp_path), ["voc", "ade"])
+    np.savez(tmp_path / "voc" / "2007_000033.npz", instance_mask=np.zeros((2, 2), np.int64))
+    check_mask_source(str(tmp_path), ["voc"])
+    with pytest.raises(FileNotFoundError, match=r"neither .*ade/ nor"):
+        check_mask_source(str(tmp_path), ["voc", "ade"])
+    np.savez(tmp_path / "ADE_val_00000001.npz", instance_mask=np.zeros((2, 2), np.int64))
+    check_mask_source(str(tmp_path), ["voc", "ade", None])
     assert mask_source(str(tmp_path), "voc") == InstanceMaskFolder(tmp_path / "voc")  # the benchmark's sub-folder
     assert mask_source(str(tmp_path), "ade") == InstanceMaskFolder(tmp_path)  # none: the folder itself (a card)
     assert mask_source("none") == NoMasks() and mask_source("NONE", "voc") == NoMasks()
@@ -90,8 +104,60 @@ def test_mask_sources_and_their_one_line_errors(tmp_path, monkeypatch):
         check_mask_source("no/such")
     monkeypatch.setitem(sys.modules, "sam2", None)  # the optional extra is not installed
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)
-    with pytest.raises(ValueError, match=r"pip install 'proxyclip_pl\[sam2\]'"):
-        mask_source("sam2")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sam2" else find_spec(name, *a))
+    for masks in ("sam2", "SAM2:x.pt"):
+        with pytest.raises(ValueError, match=r"pip install 'proxyclip_pl\[sam2\]'"):
+            check_mask_source(masks)
+        with pytest.raises(ValueError, match=r"pip install 'proxyclip_pl\[sam2\]'"):
+            mask_source(masks)
+
+
+def test_sam2_provider_checks_its_checkpoint_and_moves_with_its_segmenter(tmp_path, monkeypatch):
+    """SAM2 is built on the CPU and follows ``.to()`` of the module holding the provider (Lightning's per-process
+    device), and ``--masks sam2:PATH`` names its checkpoint (default ./sam2_hiera_large.pt)."""
+    import sys
+    import types
+
+    import torch
+    from torch import nn
+
+    from proxyclip_pl import region_masks
+
+    built = []
+
+    class Generator:
+        def __init__(self, model, **settings):
+            self.predictor, self.settings = types.SimpleNamespace(model=model), settings
+
+        def generate(self, rgb):
+            return [{"segmentation": np.ones(rgb.shape[:2], bool), "area": rgb.shape[0] * rgb.shape[1]}]
+
+    def build_sam2(config, checkpoint, device, apply_postprocessing):
+        built.append((config, checkpoint, device, apply_postprocessing))
+        return nn.Linear(2, 2)
+
+    monkeypatch.setitem(sys.modules, "sam2", types.ModuleType("sam2"))
+    monkeypatch.setitem(sys.modules, "sam2.build_sam", types.SimpleNamespace(build_sam2=build_sam2))
+    monkeypatch.setitem(sys.modules, "sam2.automatic_mask_generator",
+                        types.SimpleNamespace(SAM2AutomaticMaskGenerator=Generator))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "sam2" else find_spec(name, *a))
+    monkeypatch.chdir(tmp_path)
+    for masks, missing in (("sam2", "sam2_hiera_large.pt"), ("sam2:w/h.pt", "w/h.pt")):
+        with pytest.raises(FileNotFoundError, match=f"checkpoint {missing} not found: download .* --masks sam2:PATH"):
+            check_mask_source(masks)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "h.pt").write_bytes(b"")
+    check_mask_source("sam2:w/h.pt")
+    region_masks.sam2_mask_provider.cache_clear()
+    provider = mask_source("sam2:w/h.pt", "voc")
+    region_masks.sam2_mask_provider.cache_clear()
+    assert built == [("sam2_hiera_l.yaml", "w/h.pt", "cpu", False)]
+    assert provider.generator.settings == region_masks.SAM2_SETTINGS
+    holder = nn.Module()
+    holder.mask_provider = provider
+    holder.to(torch.float64)  # as Lightning's .to(device): SAM2's parameters move with the segmenter
+    assert provider.model.weight.dtype == torch.float64
+    assert np.array_equal(provider(np.zeros((3, 4, 3), np.uint8), "x"), np.ones((3, 4), np.int64))
 
 
 def test_sam_tower_has_sams_layer_norm_and_names_its_own_flag(tmp_path):
@@ -107,3 +173,41 @@ def test_sam_tower_has_sams_layer_norm_and_names_its_own_flag(tmp_path):
         build_sam("samvit_base_patch16.sa1b", str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="not a SAM image encoder"):
         build_sam("vit_small_patch16_224.dino", "random", embed_dim=48, depth=1, num_heads=2)
+
+
+@pytest.mark.parametrize("method", sorted(PUBLISHED))
+def test_the_method_towers_fill_only_what_the_user_left_unset_in_the_cli_and_in_python(method):
+    import argparse
+
+    from proxyclip_pl.cli import add_model_arguments, resolve_default_towers
+    from proxyclip_pl.factory import _split_tower_options
+
+    spec = method_spec(method)
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+
+    def resolved(*flags: str) -> argparse.Namespace:
+        args = parser.parse_args(list(flags))
+        args.method = method
+        resolve_default_towers(args)
+        return args
+
+    args = resolved()
+    assert (args.vfm, args.clip_weights) == (spec.default_towers["vfm"], spec.default_towers["clip_weights"])
+    # another CLIP has its own tags: the method's tag would be "unknown pretrained tag" (Trident's ViT-H/14 row)
+    for clip in ("configs/tiny_clip.json", "ViT-H-14"):
+        assert resolved("--clip", clip).clip_weights is None
+    args = resolved("--vfm", "vit_small_patch16_224.dino", "--clip-weights", "random")
+    assert (args.vfm, args.clip_weights) == ("vit_small_patch16_224.dino", "random")
+
+    towers, rest = _split_tower_options(method, {"seed": 3, "beta": 1.0})
+    assert (towers.vfm, towers.clip_weights, towers.seed, rest) == (
+        spec.default_towers["vfm"], spec.default_towers["clip_weights"], 3, {"beta": 1.0})
+    towers, _ = _split_tower_options(method, {"clip": "configs/tiny_clip.json", "vfm": "configs/tiny_dino.json"})
+    assert (towers.vfm, towers.clip_weights) == ("configs/tiny_dino.json", None)
+
+
+def test_the_proxyclip_protocol_keeps_only_the_data_options_of_the_native_row():
+    for key in DATASETS:
+        assert dict(protocol_for("corrclip", key, "proxyclip").options) == {"mask_folder": CORRCLIP[key][1]["mask_folder"]}
+        assert protocol_for("trident", key, "proxyclip") == protocol_for("proxyclip", key, "proxyclip")

@@ -217,6 +217,7 @@ def test_the_picker_offers_the_methods_that_run_on_an_upload(tmp_path):
     everything = picker_methods("proxyclip", masks="none")
     assert {"proxyclip", "maskclip", "clip", "sclip", "naclip", "clearclip", "trident", "corrclip"} <= set(everything)
     assert "corrclip" not in picker_methods("proxyclip")  # no masks: CorrCLIP cannot run
+    assert "corrclip" in picker_methods("proxyclip", masks="sam2:weights/sam2_hiera_large.pt")
     assert "corrclip" not in picker_methods("proxyclip", masks=str(tmp_path))  # cached masks: not for uploads
     with pytest.raises(ValueError, match="--masks sam2"):
         picker_methods("corrclip", masks=str(tmp_path))
@@ -350,6 +351,7 @@ def test_bad_inputs_are_errors_on_the_page_and_the_server_goes_on(client, images
         ((photo, "  \n , ", "proxyclip"), ["class"]),
         ((photo, "cat\ndog, cat", "proxyclip"), ["'cat'", "twice"]),
         ((photo, "cat", "nosuchmethod"), ["nosuchmethod"]),
+        ((photo, ", ".join(f"thing {i}" for i in range(257)), "proxyclip"), ["257 classes", "at most 256"]),
     ]
     for inputs, words in cases:
         with pytest.raises(Exception) as info:
@@ -422,8 +424,12 @@ def test_a_headless_browser_renders_the_page(server, tmp_path):
                        capture_output=True, timeout=120)
         assert shot.is_file() and len(np.unique(np.asarray(Image.open(shot).convert("L")))) > 2  # not blank
     else:
-        proc = subprocess.run([path, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
-                               "--dump-dom", server.url], capture_output=True, text=True, timeout=180)
+        # The networking flags keep Chromium from dialling out (refused here, and slow to give up on).
+        quiet = ["--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+        proc = subprocess.run([path, "--headless=new", "--no-sandbox", "--disable-gpu", *quiet,
+                               "--virtual-time-budget=30000", "--dump-dom", server.url],
+                              capture_output=True, text=True, timeout=180)
         assert "Class names" in proc.stdout and "Segment" in proc.stdout, proc.stderr[-2000:]
 
 
