@@ -135,8 +135,16 @@ def test_published_and_delta_rows_follow_a_native_run(tmp_path):
     assert pdelta["voc20"] == f"{float(prun['voc20']) - 80.9:.2f}" and pdelta["voc21"] == pdelta["ade20k"] == ""
 
 
-def test_registry_published_only_for_registered_methods():
+def test_registry_published_only_for_the_four_vit_b16_openai_rows():
+    from proxyclip_pl.registry import method_spec
+
     assert report.registry_published("mine:factory") is None  # unregistered: no spec is loaded
+    for method in ("proxyclip", "sclip", "naclip", "clearclip"):
+        numbers, source = report.registry_published(method)
+        assert numbers == {k: v for k, v in method_spec(method).published.items() if v is not None} and source
+    # published with SAM refinement (Trident) or MetaCLIP weights and SAM2 masks (CorrCLIP): not this setting
+    for method in ("trident", "corrclip"):
+        assert method_spec(method).published and report.registry_published(method) is None
 
 
 def test_markdown_and_latex_have_the_rows_and_values_of_the_csv(tmp_path):
