@@ -111,6 +111,11 @@ class CorrCLIP(Segmenter):
             masks = self.mask_provider(rgb, image_id)
         return {"masks": as_label_map(masks, rgb.shape[:2], f"masks of image {image_id}"), **given}
 
+    def predict(self, image: np.ndarray, masks: Any = None, image_id: str | None = None, **given: Any) -> torch.Tensor:
+        """:meth:`Segmenter.predict` with the contract's order: ``masks`` (label map [H, W] or bool [M, H, W] at the
+        image's size) if given, else ``mask_provider(image, image_id)``; ``ValueError`` if neither."""
+        return super().predict(image, image_id, masks=masks, **given)
+
     # ------------------------------------------------------------------------------------ windows
     def _dino_features(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """[B, 3, h, w] in [0, 1] -> L2-normalised ``q + k`` of DINO's last block [B, N, C], CLS dropped, and the grid."""

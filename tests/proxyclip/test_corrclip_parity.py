@@ -414,6 +414,8 @@ def test_predict_with_mask_provider_called_once(towers, ref64, text):
     given = model.predict(image, masks=labels)
     assert len(calls) == 1, "masks= must take precedence over the provider"
     assert np.array_equal(as_numpy(given), as_numpy(ours))
+    positional = model.predict(image, labels, "img_001")  # the contract's order: predict(image, masks, image_id)
+    assert len(calls) == 1 and np.array_equal(as_numpy(positional), as_numpy(ours))
 
 
 def test_predict_bool_masks_equal_painted_label_map(model64):
