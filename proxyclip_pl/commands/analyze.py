@@ -171,6 +171,21 @@ def load_dataset(args: argparse.Namespace):
     return dm
 
 
+def clip_config_patch_size(name: str) -> tuple[int, int] | None:
+    """(ph, pw) from an open_clip model config (name or JSON) without building it; ``None`` where the config does
+    not say (a timm-backed tower)."""
+    import open_clip
+
+    from proxyclip_pl.towers import check_clip_name
+
+    check_clip_name(name)  # registers a JSON config under its stem
+    config = open_clip.get_model_config(Path(name).stem if name.endswith(".json") else name) or {}
+    patch = config.get("vision_cfg", {}).get("patch_size")
+    if patch is None:
+        return None
+    return (int(patch), int(patch)) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
+
+
 def build_towers(args: argparse.Namespace, need_clip: bool):
     """CLIP (``None`` when not needed; text tower freed) and ``[(scorer, model, kind)]``; ``--image-size`` checked
     against their patch sizes."""
@@ -184,8 +199,10 @@ def build_towers(args: argparse.Namespace, need_clip: bool):
         clip_model = build_clip(args.clip, args.clip_weights, seed=args.seed)[0]
         release_text_tower(clip_model)
         patch = clip_patch_size(clip_model)
-        if size % patch[0] or size % patch[1]:
-            raise ValueError(f"--image-size {size} is not a multiple of CLIP {args.clip}'s patch size {patch[0]}")
+    else:  # not built, but the flags mean the same for every analysis: checked from its config
+        patch = clip_config_patch_size(args.clip)
+    if patch is not None and (size % patch[0] or size % patch[1]):
+        raise ValueError(f"--image-size {size} is not a multiple of CLIP {args.clip}'s patch size {patch[0]}")
     vfms = []
     for name, weights in args.vfms:
         model, kind = build_vfm(name, weights, seed=args.seed)

@@ -175,6 +175,9 @@ def test_one_and_two_processes_agree(data, tmp_path):
     (["coherence", "--image-size", "0"], "--image-size"),
     (["coherence", "--clip", CLIP, "--clip-weights", "random", "--vfm", DINO, "--vfm-weights", "random",
       "--image-size", "120", "--accelerator", "cpu", "--limit", "1", "--num-workers", "0"], "120"),
+    # DINO's patch 8 divides 120, CLIP's 16 does not: an error although similarity-stats builds no CLIP
+    (["similarity-stats", "--clip", CLIP, "--vfm", DINO, "--vfm-weights", "random", "--image-size", "120",
+      "--accelerator", "cpu", "--limit", "1", "--num-workers", "0"], "CLIP"),
 ])
 def test_user_errors_are_one_line(data, tmp_path, capsys, case, culprit):
     argv = [*case, "--output-dir", str(tmp_path / "out")]
