@@ -7,7 +7,8 @@
     python scripts/test.py --data all --method sclip --protocol proxyclip  # SCLIP under ProxyCLIP's protocol
     python scripts/test.py --data voc21 --method mymodule:factory          # your method (docs/plugin_example.py)
 
-``--method``: proxyclip (default), maskclip, clip, sclip, naclip, clearclip, or ``module:factory``: ``factory``
+``--method``: proxyclip (default), maskclip, clip, sclip, naclip, clearclip, trident, corrclip (--masks), an installed
+method (``--list``), or ``module:factory``: ``factory``
 of ``module`` (importable from the current directory or installed) is called as
 ``factory(vocabulary=<list of synonym lists>, protocol=<Protocol>)`` and returns the segmenter.
 ``--protocol``: ``native`` (the method's own per-dataset setting; ProxyCLIP's for proxyclip/maskclip/clip and

@@ -5,9 +5,10 @@
     proxyclip-segment photo.jpg --classes cat dog --method naclip --pamr-steps 10 --out overlay.png
 
 ``python scripts/segment.py ...`` runs the same. ``--method``: proxyclip (default), maskclip, clip, sclip,
-naclip, clearclip or ``module:factory`` (called as ``factory(vocabulary=..., protocol=...)``, see
-proxyclip-test). Windows: --short-side/--crop/--stride (default: the method's own constructor defaults,
-336/336/112 for proxyclip, maskclip and clip, 336/224/112 for the others; --crop 0 = whole image).
+naclip, clearclip, trident (with its SAM tower, --sam), corrclip (needs --masks sam2 or none), an installed method or
+``module:factory`` (called as ``factory(vocabulary=..., protocol=...)``, see proxyclip-test). Windows:
+--short-side/--crop/--stride (default: the method's own constructor defaults, 336/336/112 for proxyclip, maskclip,
+clip, trident and corrclip, 336/224/112 for sclip, naclip and clearclip; --crop 0 = whole image).
 
 Class ids: with --background, 0 is the background and the --classes follow from 1; without it the
 --classes are 0..N-1. Synonyms are separated by '; '.
@@ -47,12 +48,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="overlay PNG with a legend (class colours at 60 %%)")
     p.add_argument("--labels-out", default=None, help="optional uint8 label-map PNG")
     p.add_argument("--method", default="proxyclip",
-                   help="a registered method (proxyclip, maskclip, clip, sclip, naclip, clearclip, installed ones: "
-                   "proxyclip-test --list) or module:factory")
+                   help="a registered method (proxyclip, maskclip, clip, sclip, naclip, clearclip, trident, corrclip, "
+                   "installed ones: proxyclip-test --list) or module:factory")
     p.add_argument("--short-side", type=int, default=None, help="default: the method's (336)")
     p.add_argument("--crop", type=int, default=None,
-                   help="window side (official slide_crop): default the method's, 336 (proxyclip, maskclip, clip) or "
-                   "224; 0: whole image")
+                   help="window side (official slide_crop): default the method's, 224 (sclip, naclip, clearclip) or "
+                   "336; 0: whole image")
     p.add_argument("--stride", type=int, default=None, help="default: the method's (112)")
     p.add_argument("--logit-scale", type=float, default=40.0)
     p.add_argument("--area-thd", type=float, default=None, help="SCLIP's foreground-area filter (default: off)")
