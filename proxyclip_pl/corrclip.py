@@ -26,7 +26,7 @@ from .region_masks import (PAD_REGION, InstanceMaskFolder, as_label_map, correct
                            merge_regions)
 from .registry import MethodSpec
 from .segmenter import Segmenter, _require
-from .sliding_window import symmetric_padding, window_counts, window_grid
+from .sliding_window import pad_with_colour, symmetric_padding, upsample_and_crop, window_counts, window_grid
 from .vfm import _capture_last_attention_input, check_vfm, vfm_recipe
 
 #: spatial-branch depth per CLIP depth (the official constants; other depths: depth - 4)
@@ -208,17 +208,12 @@ class CorrCLIP(Segmenter):
         return torch.cat([self._window_logits(w[None], m, self.match) for w, m in zip(windows.to(self.device), masks)])
 
     def _window_logits(self, window: torch.Tensor, regions: torch.Tensor, match: Callable) -> torch.Tensor:
-        height, width = window.shape[-2:]
-        left, right, top, bottom = pad = symmetric_padding(height, width, self.pad_multiple)
-        regions = regions.to(self.device).long()
-        if any(pad):
-            fill = torch.tensor(self.mean, device=window.device, dtype=window.dtype).view(1, 3, 1, 1)
-            window = F.pad(window - fill, pad) + fill
-            regions = F.pad(regions, pad, value=PAD_REGION)
+        pad = symmetric_padding(*window.shape[-2:], self.pad_multiple)
+        window = pad_with_colour(window, pad, self.mean)
+        regions = F.pad(regions.to(self.device).long(), pad, value=PAD_REGION)
         logits = match(*self.window_embeddings(window, regions))
         self.windows_encoded += 1
-        logits = F.interpolate(logits, size=window.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., top:top + height, left:left + width]
+        return upsample_and_crop(logits, window.shape[-2:], pad)
 
     # ------------------------------------------------------------------------------------ image
     def image_logits(self, image: torch.Tensor, match: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],

@@ -42,7 +42,7 @@ from .native_protocols import Protocol
 from .pamr import PAMR_DILATIONS, pamr
 from .postprocess import logits_to_labels
 from .precision import autocast_off
-from .sliding_window import sliding_window_logits, symmetric_padding
+from .sliding_window import pad_with_colour, sliding_window_logits, symmetric_padding, upsample_and_crop
 from .vfm import standardize
 from .vocabulary import encode_text_embeddings, flatten_vocabulary
 
@@ -273,13 +273,9 @@ class Segmenter(nn.Module):
             logits upsampled bilinearly (align_corners=False) to the padded size and cropped back.
         """
         windows = windows.to(self.device)
-        height, width = windows.shape[-2:]
-        left, right, top, bottom = pad = symmetric_padding(height, width, self.pad_multiple)
-        if any(pad):
-            fill = torch.tensor(self.mean, device=windows.device, dtype=windows.dtype).view(1, 3, 1, 1)
-            windows = F.pad(windows - fill, pad) + fill
-        logits = F.interpolate(self.grid_logits(windows), size=windows.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., top:top + height, left:left + width]
+        pad = symmetric_padding(*windows.shape[-2:], self.pad_multiple)
+        windows = pad_with_colour(windows, pad, self.mean)
+        return upsample_and_crop(self.grid_logits(windows), windows.shape[-2:], pad)
 
     @torch.no_grad()
     def image_logits(self, image: torch.Tensor, match: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],

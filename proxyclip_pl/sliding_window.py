@@ -6,7 +6,7 @@ are averaged, before any scaling or softmax.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,24 @@ def symmetric_padding(height: int, width: int, multiple: int = PAD_MULTIPLE) -> 
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
+def pad_with_colour(windows: torch.Tensor, pad: tuple[int, int, int, int],
+                    colour: Sequence[float]) -> torch.Tensor:
+    """[B, 3, h, w] padded by ``pad`` (``F.pad`` order) with the RGB ``colour``: the normalisation mean, so that
+    the padding is zeros once normalised, as the official code pads normalised windows."""
+    if not any(pad):
+        return windows
+    fill = torch.tensor(colour, device=windows.device, dtype=windows.dtype).view(1, 3, 1, 1)
+    return F.pad(windows - fill, pad) + fill
+
+
+def upsample_and_crop(logits: torch.Tensor, padded: tuple[int, int], pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """[B, Q, gh, gw] grid logits -> [B, Q, h, w]: bilinear (align_corners=False) to the padded window ``padded``,
+    then the padding ``pad`` (``F.pad`` order) cropped off."""
+    left, right, top, bottom = pad
+    logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+    return logits[..., top:padded[0] - bottom, left:padded[1] - right]
+
+
 def sliding_window_logits(
     image: torch.Tensor,
     grid_logits: Callable[[torch.Tensor], torch.Tensor],
@@ -81,15 +99,11 @@ def sliding_window_logits(
     win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
     left, right, top, bottom = pad = symmetric_padding(win_h, win_w, pad_multiple)
     padded = (win_h + top + bottom, win_w + left + right)
-    fill = torch.tensor(pad_value, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
     preds = torch.zeros(num_queries, height, width, device=image.device, dtype=torch.float32)
     for start in range(0, len(boxes), window_batch_size):
         chunk = boxes[start:start + window_batch_size]
-        windows = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-        if any(pad):
-            windows = F.pad(windows - fill, pad) + fill
+        windows = pad_with_colour(torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk]), pad, pad_value)
         for (y1, y2, x1, x2), logits in zip(chunk, grid_logits(windows)):
-            logits = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)[0]
-            preds[:, y1:y2, x1:x2] += logits[:, top:top + win_h, left:left + win_w].float()
+            preds[:, y1:y2, x1:x2] += upsample_and_crop(logits[None], padded, pad)[0].float()
     count = window_counts(height, width, boxes).to(preds.device)
     return (preds / count)[None]

@@ -227,9 +227,12 @@ class SDRecipe(VFMRecipe):
     owns its settings; ``window_size`` is not used. A UNet has no raw attention to read."""
 
     kind = "sd"
-    mean = (0.5, 0.5, 0.5)  # (x - 0.5) / 0.5 = 2 x - 1
-    std = (0.5, 0.5, 0.5)
     has_raw_attention = False
+
+    def prepare(self, windows: torch.Tensor, window_size: int) -> torch.Tensor:
+        """The windows as they are: the model does its own stretch and ``2 x - 1`` (applying them here too would
+        apply them twice)."""
+        return windows
 
     def claims(self, model: nn.Module) -> bool:
         from .sd_features import StableDiffusionVFM  # torch only: no diffusers import

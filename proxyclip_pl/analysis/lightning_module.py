@@ -164,9 +164,3 @@ class AnalysisModule(pl.LightningModule):
         if bad:
             raise RuntimeError(f"analysis: {len(bad)} image(s) not scored exactly once (indices {bad[:10]}); "
                                "every image must reach exactly one process")
-
-
-def pairs_of(scores: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
-    """All pairs of one image at once (tests, small grids): scores [K (K - 1)] and bool targets, rule 5."""
-    kept, targets = kept_pair_targets(labels, ignore_index)
-    return off_diagonal(scores[kept][:, kept].contiguous()), off_diagonal(targets.contiguous())

@@ -281,8 +281,10 @@ def test_protocol_for_rows(dataset):
     for method in ("sclip", "naclip", "clearclip"):
         assert protocol_for(method, dataset, "native") == NATIVE_PROTOCOLS[method][dataset]
         assert protocol_for(method, dataset) == NATIVE_PROTOCOLS[method][dataset]
-    for method in BUILTIN_METHODS + ("mymod:factory",):
-        assert protocol_for(method, dataset, "proxyclip") == proxy
+    for method in BUILTIN_METHODS + ("mymod:factory",):  # ProxyCLIP's, with only the data options kept (CorrCLIP's masks)
+        other = protocol_for(method, dataset, "proxyclip")
+        assert dataclasses.replace(other, options=()) == proxy
+        assert {k for k, _ in other.options} <= {"mask_folder"}
     for method in ("proxyclip", "maskclip", "clip", "mymod:factory"):
         assert protocol_for(method, dataset, "native") == proxy
     with pytest.raises(ValueError, match="protocol"):

@@ -370,3 +370,11 @@ def test_resume_identity_of_pretrained_sd_includes_the_noise_seed():
     # the draws change SD's features even with fixed weights: another --seed is another configuration
     assert identity("--seed", "0") != identity("--seed", "1")
     assert identity("--seed", "3") == identity("--seed", "3")
+
+
+def test_the_sd_recipe_leaves_the_input_transform_to_the_model():
+    """The model stretches and maps to ``2 x - 1`` itself: the recipe's input is the [0, 1] window unchanged."""
+    from proxyclip_pl.vfm import vfm_input
+
+    windows = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(vfm_input(windows, "sd", 336), windows)

@@ -15,7 +15,7 @@ from datamodules.synthetic import make_fake_benchmark
 from paths import ROOT
 from proxyclip_pl.analysis import (analysis_input, clip_attention_scores, exact_average_precision, patch_labels,
                                    seed_patch, vfm_similarities)
-from proxyclip_pl.analysis.lightning_module import pairs_of
+from pairs_reference import pairs_of
 from proxyclip_pl.cli import run_cli
 from proxyclip_pl.commands.analyze import main
 from proxyclip_pl.towers import build_clip, build_vfm
