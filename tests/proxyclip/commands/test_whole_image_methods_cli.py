@@ -76,7 +76,14 @@ def test_corrclip_input_mistakes_are_one_line(mini, tmp_path):
         "error: CorrCLIP needs region masks: --masks DIR"), no_masks.stderr[-1000:]
     empty = tmp_path / "empty_masks"
     empty.mkdir()
-    missing = run_test_script([*flags, str(tmp_path / "b"), "--masks", str(empty)])
+    (empty / "voc").mkdir()
+    no_folder = run_test_script([*flags, str(tmp_path / "b"), "--masks", str(empty)])
+    lines = [line for line in no_folder.stderr.splitlines() if line.startswith("error:")]
+    assert no_folder.returncode == 2 and len(lines) == 1, no_folder.stderr[-2000:]
+    assert f"neither {empty / 'voc'}/ nor {empty}/ holds <image stem>.npz masks" in lines[0]
+    assert "model ready" not in no_folder.stderr  # refused before the model is built
+    np.savez(empty / "voc" / "some_other_image.npz", instance_mask=np.zeros((2, 2), np.int64))
+    missing = run_test_script([*flags, str(tmp_path / "c"), "--masks", str(empty)])
     lines = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
     assert missing.returncode == 2 and len(lines) == 1, missing.stderr[-2000:]
     assert "no region mask for image 2007_" in lines[0] and "dk258/CorrCLIP" in lines[0]
