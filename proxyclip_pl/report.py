@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -248,18 +248,22 @@ def leaderboard(runs: Sequence[Run], published: PublishedLookup = registry_publi
     return columns, [{c: row.get(c, "") for c in columns} for row in rows], sources
 
 
-def per_class(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
-    """per_class.csv: run × benchmark (column order) × class (label order)."""
+def results_in_column_order(runs: Sequence[Run]) -> Iterator[tuple[Run, str, dict]]:
+    """(run, benchmark key, its results) for every run (given order) × benchmark it has (column order)."""
     table, others = benchmark_columns(runs)
-    rows = []
     for run in runs:
         for key in [*table, *others]:
-            res = run.results.get(key)
-            if res is None:
-                continue
-            acc = res.get("per_class_acc") if isinstance(res.get("per_class_acc"), dict) else {}
-            for index, (name, iou) in enumerate(res["per_class_iou"].items()):
-                rows.append([run.name, key, name, fmt(number(iou)), str(index), fmt(number(acc.get(name)))])
+            if key in run.results:
+                yield run, key, run.results[key]
+
+
+def per_class(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+    """per_class.csv: run × benchmark (column order) × class (label order)."""
+    rows = []
+    for run, key, res in results_in_column_order(runs):
+        acc = res.get("per_class_acc") if isinstance(res.get("per_class_acc"), dict) else {}
+        for index, (name, iou) in enumerate(res["per_class_iou"].items()):
+            rows.append([run.name, key, name, fmt(number(iou)), str(index), fmt(number(acc.get(name)))])
     return ["run", "benchmark", "class", "iou", "label", "acc"], rows
 
 
@@ -278,21 +282,16 @@ def confusion_diagnostics(matrix: np.ndarray) -> dict[str, float | int | None]:
 
 def diagnostics(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
     """diagnostics.csv: one row per run × benchmark."""
-    table, others = benchmark_columns(runs)
     columns = ["run", "benchmark", "classes", "zero_iou_rate", "never_predicted", "pixel_acc", "miou",
                "present_classes", "zero_iou_classes"]
     rows = []
-    for run in runs:
-        for key in [*table, *others]:
-            res = run.results.get(key)
-            if res is None:
-                continue
-            matrix = run.confusion.get(key)
-            d = confusion_diagnostics(matrix) if matrix is not None else {}
-            rows.append([run.name, key, str(len(res["per_class_iou"])), fmt(d.get("zero_iou_rate")),
-                         "" if matrix is None else str(d["never_predicted"]), fmt(number(res.get("aAcc"))),
-                         fmt(run.miou(key)), "" if matrix is None else str(d["present_classes"]),
-                         "" if matrix is None else str(d["zero_iou_classes"])])
+    for run, key, res in results_in_column_order(runs):
+        matrix = run.confusion.get(key)
+        d = confusion_diagnostics(matrix) if matrix is not None else {}
+        rows.append([run.name, key, str(len(res["per_class_iou"])), fmt(d.get("zero_iou_rate")),
+                     "" if matrix is None else str(d["never_predicted"]), fmt(number(res.get("aAcc"))),
+                     fmt(run.miou(key)), "" if matrix is None else str(d["present_classes"]),
+                     "" if matrix is None else str(d["zero_iou_classes"])])
     return columns, rows
 
 
