@@ -122,6 +122,16 @@ class DemoServer:
         self.stop()
         pytest.fail(f"proxyclip-demo did not serve {self.url} within {START_TIMEOUT_S} s\n{self.logs()}")
 
+    def signal_and_wait(self, sig: signal.Signals, during: str = "") -> tuple[int, float]:
+        """Send ``sig``; (exit code, seconds until the exit). Fails the test past :data:`EXIT_LIMIT_S`."""
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=EXIT_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_LIMIT_S} s after {sig.name}{during}\n{self.logs()}")
+        return code, time.monotonic() - start
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -439,13 +449,7 @@ def test_a_signal_stops_the_server_within_10_s_and_frees_the_port(tmp_path, mode
     running = DemoServer(model_flags, tmp_path).wait_ready()
     try:
         http_get(running.url + "config")  # a connection was served
-        start = time.monotonic()
-        running.proc.send_signal(sig)
-        try:
-            code = running.proc.wait(timeout=EXIT_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {EXIT_LIMIT_S} s after {sig.name}\n{running.logs()}")
-        took = time.monotonic() - start
+        code, took = running.signal_and_wait(sig)
     finally:
         running.stop()
     assert code == 0, running.logs()
@@ -487,13 +491,7 @@ def test_a_signal_stops_the_server_within_10_s_while_a_request_runs(tmp_path, im
         while not (tmp_path / "started").exists():
             assert time.monotonic() < deadline, running.logs()
             time.sleep(0.2)
-        start = time.monotonic()
-        running.proc.send_signal(signal.SIGTERM)
-        try:
-            code = running.proc.wait(timeout=EXIT_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {EXIT_LIMIT_S} s after SIGTERM during a request\n{running.logs()}")
-        took = time.monotonic() - start
+        code, took = running.signal_and_wait(signal.SIGTERM, " during a request")
     finally:
         running.stop()
     assert code == 0 and took < EXIT_LIMIT_S and port_is_free(running.port), (code, took, running.logs())
