@@ -26,7 +26,8 @@ from .region_masks import (PAD_REGION, InstanceMaskFolder, as_label_map, correct
                            merge_regions)
 from .registry import MethodSpec
 from .segmenter import Segmenter, _require
-from .sliding_window import pad_with_colour, symmetric_padding, upsample_and_crop, window_counts, window_grid
+from .sliding_window import (average_over_windows, pad_with_colour, symmetric_padding, upsample_and_crop,
+                             window_grid)
 from .vfm import _capture_last_attention_input, check_vfm, vfm_recipe
 
 #: spatial-branch depth per CLIP depth (the official constants; other depths: depth - 4)
@@ -230,11 +231,9 @@ class CorrCLIP(Segmenter):
         height, width = image.shape[-2:]
         regions = _nearest(as_label_map(masks).to(image.device), (height, width))
         boxes = window_grid(height, width, self.slide_crop, self.slide_stride)
-        preds = torch.zeros(num_queries, height, width, device=image.device, dtype=torch.float32)
-        for y1, y2, x1, x2 in boxes:
-            preds[:, y1:y2, x1:x2] += self._window_logits(image[:, :, y1:y2, x1:x2], regions[y1:y2, x1:x2],
-                                                          match)[0].float()
-        return (preds / window_counts(height, width, boxes).to(preds.device))[None]
+        per_window = (((y1, y2, x1, x2), self._window_logits(image[:, :, y1:y2, x1:x2], regions[y1:y2, x1:x2], match)[0])
+                      for y1, y2, x1, x2 in boxes)
+        return average_over_windows(per_window, boxes, num_queries, height, width, image.device)
 
     @torch.no_grad()
     def postprocess(self, logits: torch.Tensor, image: torch.Tensor, size: tuple[int, int], prob_thd: float,

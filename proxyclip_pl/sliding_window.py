@@ -6,7 +6,7 @@ are averaged, before any scaling or softmax.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +99,23 @@ def sliding_window_logits(
     win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
     left, right, top, bottom = pad = symmetric_padding(win_h, win_w, pad_multiple)
     padded = (win_h + top + bottom, win_w + left + right)
-    preds = torch.zeros(num_queries, height, width, device=image.device, dtype=torch.float32)
-    for start in range(0, len(boxes), window_batch_size):
-        chunk = boxes[start:start + window_batch_size]
-        windows = pad_with_colour(torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk]), pad, pad_value)
-        for (y1, y2, x1, x2), logits in zip(chunk, grid_logits(windows)):
-            preds[:, y1:y2, x1:x2] += upsample_and_crop(logits[None], padded, pad)[0].float()
-    count = window_counts(height, width, boxes).to(preds.device)
-    return (preds / count)[None]
+
+    def per_window() -> Iterator[tuple[Box, torch.Tensor]]:
+        for start in range(0, len(boxes), window_batch_size):
+            chunk = boxes[start:start + window_batch_size]
+            windows = pad_with_colour(torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk]), pad,
+                                      pad_value)
+            for box, logits in zip(chunk, grid_logits(windows)):
+                yield box, upsample_and_crop(logits[None], padded, pad)[0]
+
+    return average_over_windows(per_window(), boxes, num_queries, height, width, image.device)
+
+
+def average_over_windows(window_logits: Iterable[tuple[Box, torch.Tensor]], boxes: list[Box], num_queries: int,
+                         height: int, width: int, device: torch.device) -> torch.Tensor:
+    """[1, Q, H, W] float32: each window's logits [Q, h, w] summed into its box, divided by the number of windows
+    covering each pixel (:func:`window_counts` of ``boxes``). ``window_logits`` is consumed one window at a time."""
+    preds = torch.zeros(num_queries, height, width, device=device, dtype=torch.float32)
+    for (y1, y2, x1, x2), logits in window_logits:
+        preds[:, y1:y2, x1:x2] += logits.float()
+    return (preds / window_counts(height, width, boxes).to(preds.device))[None]
