@@ -52,6 +52,11 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def require_one_image(image: torch.Tensor) -> None:
+    """``ValueError`` unless ``image`` is one RGB image [1, 3, H, W]."""
+    _require(image.dim() == 4 and image.shape[:2] == (1, 3), f"expected one image [1, 3, H, W], got {tuple(image.shape)}")
+
+
 class Segmenter(nn.Module):
     """Training-free open-vocabulary segmenter around an open_clip CLIP (subclass and implement
     :meth:`dense_embeddings`).
@@ -319,10 +324,8 @@ class Segmenter(nn.Module):
         Returns:
             [1, Q, H, W] float32 (a whole-image method may return another grid, see :meth:`image_logits`).
         """
-        image = image.to(self.device)
-        _require(image.dim() == 4 and image.shape[:2] == (1, 3),
-                 f"expected one image [1, 3, H, W], got {tuple(image.shape)}")
-        return self.image_logits(image, self.match, len(self.queries), **inputs)
+        require_one_image(image)
+        return self.image_logits(image.to(self.device), self.match, len(self.queries), **inputs)
 
     # ------------------------------------------------------------------------------------ images
     def preprocess(self, image: np.ndarray) -> torch.Tensor:

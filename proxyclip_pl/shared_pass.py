@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .segmenter import Segmenter, _require
+from .segmenter import Segmenter, _require, require_one_image
 
 
 def shares_encoder(a: nn.Module, b: nn.Module) -> bool:
@@ -40,7 +40,7 @@ def shared_slide_logits(segmenters: Sequence[Segmenter], image: torch.Tensor, **
     def match(embeddings: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return torch.cat([s.match(embeddings, grid) for s in segmenters], dim=1)
 
-    _require(image.dim() == 4 and image.shape[:2] == (1, 3), f"expected one image [1, 3, H, W], got {tuple(image.shape)}")
+    require_one_image(image)
     sizes = [len(s.queries) for s in segmenters]
     logits = lead.image_logits(image.to(lead.device), match, sum(sizes), **inputs)
     return list(logits.split(sizes, dim=1))
