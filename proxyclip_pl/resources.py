@@ -17,10 +17,14 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak memory in MiB: ``torch.cuda.max_memory_allocated`` on a CUDA device, else the process's peak resident set
-    size (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """Peak memory in MiB: ``torch.cuda.max_memory_allocated`` on a CUDA device, else :func:`max_rss_mib`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / MIB
+    return max_rss_mib()
+
+
+def max_rss_mib() -> float:
+    """Peak resident set size of this process so far in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / MIB if sys.platform == "darwin" else rss / 1024
 

@@ -51,7 +51,8 @@ from proxyclip_pl.factory import build_proxyclip
 from proxyclip_pl.reference import predict_one_window_at_a_time  # the naive baseline
 from proxyclip_pl.sliding_window import window_grid
 from proxyclip_pl.commands.measure import (MIB, PRECISIONS, autocast, combine_peaks, count_flops, machine_info,
-                                           matmul_peak, max_rss_mib, synchronize, time_runs, timing_summary)
+                                           matmul_peak, synchronize, time_runs, timing_summary)
+from proxyclip_pl.resources import max_rss_mib
 
 #: Built-in benchmark vocabulary (5 classes, 7 queries) used without ``--vocabulary``.
 DEFAULT_VOCABULARY = [["background"], ["person", "people"], ["car", "vehicle"], ["tree"], ["sky"]]

@@ -4,9 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -15,9 +13,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-
-#: Built-in benchmark vocabulary (5 classes, 7 queries) used without ``--vocabulary``.
-MIB = 1024.0 * 1024.0
+from proxyclip_pl.resources import MIB
 
 
 #: ``--precision`` -> autocast dtype (None: plain fp32, autocast disabled).
@@ -165,8 +161,3 @@ def machine_info(device: torch.device) -> dict:
         info["device_total_memory_mib"] = props.total_memory / MIB
     return info
 
-
-def max_rss_mib() -> float:
-    """Peak resident set size of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / MIB if sys.platform == "darwin" else rss / 1024.0
