@@ -14,6 +14,8 @@ from PIL import Image
 from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias
 from torch import nn
 
+from .vfm import standardize
+
 #: SAM's input normalisation, 0-255 RGB units (``Sam.pixel_mean`` / ``pixel_std``).
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -42,10 +44,7 @@ def sam_input(rgb: np.ndarray, input_size: int) -> tuple[torch.Tensor, tuple[int
     scale = input_size * 1.0 / max(height, width)
     target = (int(height * scale + 0.5), int(width * scale + 0.5))
     resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(target[::-1], Image.BILINEAR))
-    x = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
-    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    x = standardize(torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float(), SAM_PIXEL_MEAN, SAM_PIXEL_STD)
     return F.pad(x, (0, input_size - target[1], 0, input_size - target[0])), target
 
 
@@ -70,15 +69,22 @@ def last_attention(sam: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch
         x = block(x)
     block = sam.blocks[-1]
     _, gh, gw, width = x.shape
-    attn = block.attn
-    qkv = attn.qkv(block.norm1(x).reshape(1, gh * gw, width))
-    q, k, v = qkv.view(1, gh * gw, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).reshape(3, attn.num_heads,
-                                                                                         gh * gw, -1).unbind(0)
+    scores, v = attention_logits(block.attn, block.norm1(x).reshape(1, gh * gw, width), (gh, gw))
+    return scores.softmax(dim=-1), v, (gh, gw)
+
+
+def attention_logits(attn: nn.Module, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-softmax scores and values of a timm samvit global attention block (``attn``) on its normed input tokens
+    [B, N, C] (N = gh * gw of ``grid``): ([B * heads, N, N], [B * heads, N, head_dim])."""
+    b, n, _ = tokens.shape
+    qkv = attn.qkv(tokens).view(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, b * attn.num_heads, n, -1).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    # the relative-position bias is computed from the unscaled queries, as SAM's add_decomposed_rel_pos
-    bias = get_decomposed_rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (gh, gw), (gh, gw))
-    scores = ((q * attn.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
-    return scores, v, (gh, gw)
+    scores = (q * attn.scale) @ k.transpose(-2, -1)
+    if attn.use_rel_pos:
+        # the relative-position bias is computed from the unscaled queries, as SAM's add_decomposed_rel_pos
+        scores = scores + get_decomposed_rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, grid, grid)
+    return scores, v
 
 
 def correlation_filter(scores: torch.Tensor, values: torch.Tensor, cos_fac: float,

@@ -202,7 +202,7 @@ class SAMRecipe(VFMRecipe):
 
     def raw_attention(self, model: nn.Module, windows: torch.Tensor,
                       window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias
+        from .sam_affinity import attention_logits
 
         x = self.prepare(windows, window_size)
         attn = model.blocks[-1].attn
@@ -211,12 +211,7 @@ class SAMRecipe(VFMRecipe):
         if (h, w) != tuple(model.patch_embed.grid_size):
             raise ValueError("raw SAM attention needs a global-attention last block")
         n = h * w
-        qkv = attn.qkv(inp.reshape(b, n, -1)).view(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, _ = qkv.reshape(3, b * attn.num_heads, n, -1).unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        scores = (q * attn.scale) @ k.transpose(-2, -1)
-        if attn.use_rel_pos:
-            scores = scores + get_decomposed_rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (h, w), (h, w))
+        scores, _ = attention_logits(attn, inp.reshape(b, n, -1), (h, w))
         return scores.float().softmax(-1).view(b, attn.num_heads, n, n).mean(1), (h, w)
 
 
