@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..clip_encoder import CLIP_MEAN, CLIP_STD, check_clip_visual, tokens_before_last_block
+from ..correlative_attention import last_block_heads
 from ..precision import autocast_off
 from ..proxy_attention import cosine_similarity_matrix
 from ..vfm import standardize, vfm_features, vfm_recipe
@@ -52,17 +53,9 @@ def clip_attention_scores_with_grid(clip_model: nn.Module,
     visual = clip_visual(clip_model)
     with autocast_off(images.device):
         tokens, grid = tokens_before_last_block(visual, standardize(images.float(), CLIP_MEAN, CLIP_STD))
-        block = visual.transformer.resblocks[-1]
-        attn = block.attn
-        batch, length, width = tokens.shape
-        heads = attn.num_heads
-        head_dim = width // heads
-        qkv = F.linear(block.ln_1(tokens), attn.in_proj_weight, attn.in_proj_bias).float()
-        # [3, B, heads, L, head_dim], the class token (index 0) removed
-        parts = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)[:, :, :, 1:]
-        q, k, v = parts.unbind(0)
-        named = {"q": q, "k": k, "v": v}
-        scale = head_dim ** -0.5
+        # each [B, heads, L, head_dim], the class token (index 0) removed
+        named = {name: part.float()[:, :, 1:] for name, part in zip("qkv", last_block_heads(visual, tokens))}
+        scale = named["q"].shape[-1] ** -0.5
         scores = {ab: ((named[ab[0]] @ named[ab[1]].transpose(-2, -1)) * scale).softmax(dim=-1)
                   for ab in ATTENTION_PAIRS}
     return scores, grid
