@@ -10,6 +10,16 @@ from typing import Any, Callable, Sequence
 from .defaults import DEFAULT_CLIP, DEFAULT_SAM, DEFAULT_VFM, PRETRAINED
 
 
+#: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
+
+
+def check_strategy(strategy: str) -> None:
+    """``--strategy``: one of :data:`STRATEGIES` (a one-line error otherwise)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model flags the model commands share (defaults: the paper's ViT-B/16 OpenAI + DINO ViT-B/8)."""
     g = parser.add_argument_group("model")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from proxyclip_pl.cli import run_cli
+from proxyclip_pl.cli import STRATEGIES, check_strategy, run_cli
 from proxyclip_pl.defaults import DEFAULT_CLIP, PRETRAINED
 
 #: the paper's VFMs of Section 3.1: DINO ViT-B/16, SAM ViT-B/16, MAE ViT-B/16
@@ -32,7 +32,6 @@ DEFAULT_VFMS = ("vit_base_patch16_224.dino", "samvit_base_patch16.sa1b", "vit_ba
 #: the default seeds of ``attention`` (y, x)
 DEFAULT_POINTS = ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75))
 ANALYSES = ("coherence", "attention", "similarity-stats")
-STRATEGIES = ("auto", "ddp", "ddp_spawn")
 #: a coherence AP whose certified error exceeds this is reported with a warning
 CERTIFIED_WARNING = 1e-3
 
@@ -126,8 +125,7 @@ def validate(args: argparse.Namespace) -> None:
                                ("--devices", args.devices, 1), ("--num-workers", args.num_workers, 0)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
-    if args.strategy not in STRATEGIES:
-        raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
+    check_strategy(args.strategy)
     for flag in ("beta", "gamma"):
         if getattr(args, flag, 1.0) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(args, flag)}")
@@ -220,7 +218,7 @@ def run_distributed(args: argparse.Namespace, accelerator: str) -> dict[str, Any
     from proxyclip_pl.analysis.lightning_module import AnalysisModule
     from proxyclip_pl.analysis.outputs import COHERENCE_FILE, STATS_FILE
     from proxyclip_pl.console import phase
-    from proxyclip_pl.result_files import ImagesPerSecondBar
+    from proxyclip_pl.result_files import ImagesPerSecondBar, read_results
 
     dm = load_dataset(args)
     num = len(dm.test_dataset)
@@ -243,9 +241,7 @@ def run_distributed(args: argparse.Namespace, accelerator: str) -> dict[str, Any
     trainer.test(module, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
         return None
-    if not target.is_file():
-        raise RuntimeError(f"the analysis finished without writing {target}")
-    return json.loads(target.read_text())
+    return read_results(target)
 
 
 def run_attention(args: argparse.Namespace, accelerator: str) -> None:

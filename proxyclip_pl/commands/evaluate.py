@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from datamodules import BENCHMARKS
-from proxyclip_pl.cli import add_model_arguments, load_plugin, run_cli
+from proxyclip_pl.cli import STRATEGIES, add_model_arguments, check_strategy, load_plugin, run_cli
 from proxyclip_pl.commands.run_folder import (RUN_DIR_ENV, check_writable, default_output_dir, free_output_dir,
                                               prepare_output_dir, resume_command)
 from proxyclip_pl.console import is_launcher, note, phase, quiet_libraries
@@ -45,8 +45,6 @@ from proxyclip_pl.commands.passes import evaluate_pass
 from proxyclip_pl.commands.run_record import check_resume_early
 from proxyclip_pl.commands.table import benchmark_keys, list_entries, publishes, table_row
 
-#: Launchers whose results are checked identical by the tests; "auto" is "ddp" for several devices.
-STRATEGIES = ("auto", "ddp", "ddp_spawn")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -131,8 +129,7 @@ def validate(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--pamr-steps must be >= 0, got {args.pamr_steps}")
     if args.devices < 1 or args.num_nodes < 1:
         raise ValueError(f"--devices and --num-nodes must be >= 1 (got {args.devices}, {args.num_nodes})")
-    if args.strategy not in STRATEGIES:
-        raise ValueError(f"--strategy {args.strategy!r} is not supported; use one of {', '.join(STRATEGIES)}")
+    check_strategy(args.strategy)
     if args.output_dir is None:
         # started by SLURM (several tasks) or torchrun: every task runs this, each would choose its own folder
         external = int(os.environ.get("SLURM_NTASKS") or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
