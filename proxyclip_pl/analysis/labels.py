@@ -58,17 +58,8 @@ def kept_pair_targets(labels: torch.Tensor, ignore_index: int = 255) -> tuple[to
         labels: LongTensor [L] from :func:`patch_labels`.
     Returns:
         ``kept`` LongTensor [K] (indices of the patches not labelled ``ignore_index``) and ``targets`` bool [K, K]
-        (``l_i == l_j``); the pairs are the off-diagonal entries (:func:`off_diagonal`).
+        (``l_i == l_j``); the pairs are its off-diagonal entries.
     """
     kept = torch.nonzero(labels != ignore_index).flatten()
     lk = labels[kept]
     return kept, lk[:, None] == lk[None, :]
-
-
-def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
-    """The K * (K - 1) off-diagonal entries of a [K, K] matrix (row-major), i.e. all ordered pairs i != j."""
-    k = matrix.shape[-1]
-    if k < 2:
-        return matrix.reshape(-1)[:0]
-    # drop the first element and view the rest as [K - 1, K + 1]: its last column is the rest of the diagonal
-    return matrix.reshape(-1)[1:].reshape(k - 1, k + 1)[:, :-1].reshape(-1)

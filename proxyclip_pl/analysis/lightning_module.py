@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .binned_pr import BinnedPR
-from .labels import kept_pair_targets, off_diagonal, patch_labels
+from .labels import kept_pair_targets, patch_labels
 from .scores import ATTENTION_PAIRS, analysis_input, clip_attention_scores_with_grid, vfm_similarities
 from .stats import SimilarityStats
 
@@ -67,13 +67,6 @@ class AnalysisModule(pl.LightningModule):
             self.pr = {name: BinnedPR(num_bins, "log" if name in CLIP_SCORERS else "identity") for name in names}
         self.stats = nn.ModuleList([SimilarityStats(beta, gamma) for _ in vfms] if task == "similarity-stats" else [])
         self._seen: torch.Tensor | None = None
-        #: what global rank 0 wrote (also in this process after an in-process run).
-        self.results: dict[str, Any] | None = None
-
-    @property
-    def scorers(self) -> list[str]:
-        """The scorer names in output order."""
-        return list(self.pr) if self.task == "coherence" else list(self.vfm_names)
 
     # ------------------------------------------------------------------------------------------ epoch
     def on_test_epoch_start(self) -> None:
@@ -102,14 +95,21 @@ class AnalysisModule(pl.LightningModule):
             x: [1, 3, S, S] analysis input (RGB in [0, 1]).
             label: [H0, W0] its label map at the original size.
         """
+        on_grid: dict[tuple[int, int], torch.Tensor] = {}  # scorers on the same grid share their patch labels
+
+        def labels_on(grid: tuple[int, int]) -> torch.Tensor:
+            key = (int(grid[0]), int(grid[1]))
+            if key not in on_grid:
+                on_grid[key] = self.cell_labels(label, key)
+            return on_grid[key]
+
         if self.clip is not None:
             scores, grid = clip_attention_scores_with_grid(self.clip, x)
-            labels = self.cell_labels(label, grid)
             for ab in ATTENTION_PAIRS:
-                self.add_pairs(f"clip_{ab}", scores[ab][0].mean(0), labels)  # mean over heads
+                self.add_pairs(f"clip_{ab}", scores[ab][0].mean(0), labels_on(grid))  # mean over heads
         for name, vfm, kind in zip(self.vfm_names, self.vfms, self.vfm_kinds):
             similarity, grid = vfm_similarities(vfm, kind, x)
-            self.add_pairs(name, similarity[0], self.cell_labels(label, grid))
+            self.add_pairs(name, similarity[0], labels_on(grid))
 
     def cell_labels(self, label: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Rule 4 on a scorer's grid, cells outside ``[0, num_classes)`` dropped as well: LongTensor [gh * gw]."""
@@ -154,7 +154,7 @@ class AnalysisModule(pl.LightningModule):
 
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write = write_coherence if self.task == "coherence" else write_similarity_stats
-            self.results = write(self.output_dir, results)
+            write(self.output_dir, results)
 
     def _check_seen(self) -> None:
         seen = self._seen

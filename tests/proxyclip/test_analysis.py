@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from proxyclip_pl.analysis import BinnedPR, clip_attention_scores, exact_average_precision, patch_labels, seed_patch
-from proxyclip_pl.analysis.labels import off_diagonal
-from pairs_reference import pairs_of
+from pairs_reference import off_diagonal, pairs_of
 from proxyclip_pl.analysis.lightning_module import AnalysisModule
 from proxyclip_pl.analysis.stats import SimilarityStats, histogram_quantile
 from proxyclip_pl.clip_encoder import CLIP_MEAN, CLIP_STD
