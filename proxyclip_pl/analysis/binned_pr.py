@@ -47,14 +47,16 @@ TRANSFORMS = ("identity", "log")
 _FINEST = 60
 
 
+def check_transform(transform: str) -> None:
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
+
+
 def transform_scores(scores: torch.Tensor, transform: str) -> torch.Tensor:
     """float64 ``t(scores)``, monotone non-decreasing in the score; any shape."""
+    check_transform(transform)
     t = scores.to(torch.float64)
-    if transform == "log":
-        return t.clamp_min(2.0 ** -149).log()
-    if transform != "identity":
-        raise ValueError(f"unknown transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
-    return t
+    return t.clamp_min(2.0 ** -149).log() if transform == "log" else t
 
 
 def grid_level(t_min: float, t_max: float, num_bins: int) -> int:
@@ -138,8 +140,7 @@ class BinnedPR:
     """
 
     def __init__(self, num_bins: int = 2 ** 16, transform: str = "identity") -> None:
-        if transform not in TRANSFORMS:
-            raise ValueError(f"unknown transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
+        check_transform(transform)
         self.num_bins, self.transform = int(num_bins), transform
         self.reset()
 
