@@ -125,7 +125,8 @@ def build_sd_vfm(name: str, weights: str = PRETRAINED, seed: int = 0, **override
     if unknown:
         raise ValueError(f"unknown SD VFM option(s) {', '.join(map(repr, unknown))}; known: {', '.join(SETTINGS)}")
     spec = {**read_sd_spec(name), **overrides}
-    _check_spec_settings(spec)
+    if overrides:  # read_sd_spec checked the spec's own settings
+        _check_spec_settings(spec)
     require_sd_extra()
     if weights == RANDOM:
         unet, vae, text_encoder, tokenizer, scheduler = _random_components(spec, name, seed)
