@@ -255,18 +255,13 @@ def picker_methods(method: str, masks: str | None = None, attention: str = "prox
 
 
 # ------------------------------------------------------------------------------------------ the page
-def user_errors() -> tuple[type[BaseException], ...]:
-    from .cli import USER_ERRORS
-
-    return USER_ERRORS
-
-
 def segment_handler(service: SegmentService) -> Callable[[Any, Any, Any], tuple]:
     """The ``/segment`` function: raw gradio payloads in (``preprocess=False``: the uploaded file is read by
     ``proxyclip-segment``'s reader, not re-encoded by gradio), (overlay PNG, shares, label-map PNG, command) out.
     A user error becomes ``gr.Error`` (shown on the page and returned to API clients); the server goes on."""
+    from .cli import USER_ERRORS
+
     gr = import_gradio()
-    errors = user_errors()
 
     def segment(image: Any, class_text: Any, method: Any) -> tuple:
         path, name = image, None
@@ -275,7 +270,7 @@ def segment_handler(service: SegmentService) -> Callable[[Any, Any, Any], tuple]
         try:
             result = service.segment(path, class_text if isinstance(class_text, str) else None,
                                      method if isinstance(method, str) else None, name)
-        except errors as exc:
+        except USER_ERRORS as exc:
             # gr.Error's message is HTML on the page: the user's class names are escaped
             raise gr.Error(html.escape(" ".join(str(exc).split()), quote=False), print_exception=False) from None
         return str(result.overlay), result.shares, str(result.labels), result.command
