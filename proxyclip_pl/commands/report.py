@@ -8,8 +8,8 @@ one run, named by its folder's name. Only ``results.json`` and ``confusion.npy``
 
 Written into DIR (created if missing; files of the same names are overwritten):
   leaderboard.csv / .md / .tex  one row per run (mIoU per benchmark, avg of the eight Table-1 benchmarks,
-                                images per second, peak memory, device), best avg first; a run of a method with
-                                published numbers under its native protocol gets published and delta rows
+                                images per second, peak memory, device), best avg first; a native-protocol run
+                                of ProxyCLIP, SCLIP, NACLIP or ClearCLIP gets published and delta rows
   per_class.csv                 run, benchmark, class, iou (label order)
   diagnostics.csv               run, benchmark, classes, zero_iou_rate, never_predicted, pixel_acc
   pareto.png, per_class.png     average mIoU against images per second; per-class IoU heat maps
